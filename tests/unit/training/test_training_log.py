@@ -1,0 +1,63 @@
+"""Log lines parse with the regular expressions users' scripts apply to upstream logs."""
+import math
+import re
+
+from megatron.train_state import TrainState
+from megatron.training_log import (IterationReport, format_evaluation_line,
+                                   format_iteration_line)
+
+# A Megatron-DeepSpeed line, as printed by upstream (fields up to TFLOPs).
+UPSTREAM_LINE = (" iteration       10/     100 | consumed samples:          160 | consumed tokens:"
+                 "        40960 | elapsed time per iteration (ms): 1234.5 | learning rate: 6.000E-05 |"
+                 " global batch size:    16 | lm loss: 1.012346E+01 | loss scale: 1.0 | grad norm: 1.234 |"
+                 " actual seqlen:   256 | number of skipped iterations:   0 | number of nan iterations:"
+                 "   0 | samples per second: 12.961 | TFLOPs: 1.23 |")
+
+
+def _report(**overrides):
+    values = dict(iteration=10, train_iters=100, consumed_samples=160, consumed_tokens=40960,
+                  elapsed_ms_per_iteration=1234.5, learning_rate=6e-5, global_batch_size=16,
+                  lm_loss=10.123456, loss_scale=1.0, grad_norm=1.234, seq_length=256,
+                  skipped_iterations=0, nan_iterations=0, samples_per_second=12.961,
+                  tflops_per_device=1.2345, tokens_per_second_per_device=3318.0, mfu=0.52)
+    values.update(overrides)
+    return IterationReport(**values)
+
+
+def test_iteration_line_starts_with_upstream_line_byte_for_byte():
+    line = format_iteration_line(_report())
+    assert line.startswith(UPSTREAM_LINE)
+    assert line.endswith(" tokens per second per device: 3318.0 | MFU: 52.0% |")
+
+
+def test_fields_parse_like_upstream_logs():
+    line = format_iteration_line(_report(lm_loss=2.5, iteration=1234, train_iters=5000))
+    assert re.search(r"iteration\s+(\d+)/\s*(\d+)", line).groups() == ("1234", "5000")
+    assert float(re.search(r"lm loss: ([0-9.E+-]+)", line).group(1)) == 2.5
+    assert float(re.search(r"learning rate: ([0-9.E+-]+)", line).group(1)) == 6e-5
+
+
+def test_optional_fields_are_left_out():
+    line = format_iteration_line(_report(lm_loss=None, loss_scale=None, grad_norm=None, mfu=None))
+    assert "lm loss" not in line and "loss scale" not in line and "grad norm" not in line
+    assert "MFU" not in line
+
+
+def test_validation_line():
+    line = format_evaluation_line("iteration 100", 2.0)
+    assert line == (" validation loss at iteration 100 | lm loss value: 2.000000E+00 | "
+                    f"lm loss PPL: {math.e ** 2:.6E} | ")
+    assert "lm loss PPL: 4.851652E+08" in format_evaluation_line("x", 50.0)  # capped at exp(20)
+
+
+def test_train_state_round_trip_and_unknown_fields():
+    state = TrainState(iteration=5, consumed_train_samples=80, consumed_train_tokens=20480)
+    restored = TrainState()
+    restored.load_state_dict(state.state_dict())
+    assert restored == state
+    try:
+        restored.load_state_dict({"iterations": 3})
+    except ValueError as error:
+        assert "iterations" in str(error)
+    else:
+        raise AssertionError("unknown field accepted")
