@@ -1,0 +1,127 @@
+"""The DeepSpeed engines: the only module that calls `deepspeed.initialize`.
+
+`TrainingEngine` hides the difference between the ZeRO engine driving `GPTModel`
+(--no-pipeline-parallel: forward/backward/step per micro batch) and the pipeline engine
+driving `GPTModelPipe` (`train_batch` / `eval_batch` over all micro batches).
+"""
+import copy
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron.batch import get_batch, masked_mean_loss
+from megatron.core import parallel_state
+from megatron.nonfinite import NonFiniteStepGuard
+
+
+@dataclass
+class StepResult:
+    """What one training iteration reports."""
+
+    loss: float
+    """Mean loss over the global batch (averaged over data-parallel ranks)."""
+    skipped: bool
+    """True when no update was applied (non-finite gradients, or an fp16 overflow)."""
+    grad_norm: Optional[float]
+    loss_scale: Optional[float]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How micro batches are turned into model inputs (the data flags)."""
+
+    eod_token: int
+    reset_position_ids: bool
+    reset_attention_mask: bool
+    eod_mask_loss: bool
+
+
+class TrainingEngine:
+    """A DeepSpeed engine plus the step logic for its kind."""
+
+    def __init__(self, model: torch.nn.Module, *, optimizer: torch.optim.Optimizer,
+                 ds_config: Dict[str, Any], pipeline: bool, batch_options: BatchOptions) -> None:
+        import deepspeed
+
+        self.pipeline = pipeline
+        self.batch_options = batch_options
+        self.guard = NonFiniteStepGuard(optimizer)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=copy.deepcopy(ds_config),
+            mpu=None if pipeline else parallel_state.get_mpu(), dist_init_required=False)
+        if pipeline:
+            self.engine.set_batch_fn(self._pipe_batch)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.engine.gradient_accumulation_steps()
+
+    def _batch(self, data_iterator: Optional[Iterator]) -> Dict[str, torch.Tensor]:
+        options = self.batch_options
+        return get_batch(data_iterator, eod_token=options.eod_token,
+                         reset_position_ids=options.reset_position_ids,
+                         reset_attention_mask=options.reset_attention_mask,
+                         eod_mask_loss=options.eod_mask_loss)
+
+    def _pipe_batch(self, data: Optional[Dict[str, torch.Tensor]]):
+        """batch_fn of the pipeline engine: raw loader batch -> (inputs, labels)."""
+        batch = self._batch(iter([data]) if data is not None else None)
+        return ((batch["tokens"], batch["position_ids"], batch["attention_mask"]),
+                (batch["labels"], batch["loss_mask"]))
+
+    def _forward_loss(self, data_iterator: Optional[Iterator]) -> torch.Tensor:
+        batch = self._batch(data_iterator)
+        # Plain causal attention needs no mask tensor (lets the attention take its fast path).
+        mask = batch["attention_mask"] if self.batch_options.reset_attention_mask else None
+        per_token = self.engine(batch["tokens"], batch["position_ids"], mask,
+                                labels=batch["labels"])
+        return masked_mean_loss(per_token, batch["loss_mask"])
+
+    def _average_over_data_parallel(self, value: torch.Tensor) -> float:
+        value = value.detach().float().clone()
+        if parallel_state.get_data_parallel_world_size() > 1:
+            dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
+            value /= parallel_state.get_data_parallel_world_size()
+        return value.item()
+
+    def train_step(self, data_iterator: Optional[Iterator]) -> StepResult:
+        if self.pipeline:
+            loss = self.engine.train_batch(data_iter=data_iterator).item()
+        else:
+            losses = []
+            for _ in range(self.gradient_accumulation_steps):
+                micro_loss = self._forward_loss(data_iterator)
+                self.engine.backward(micro_loss)
+                self.engine.step()
+                losses.append(micro_loss.detach())
+            loss = self._average_over_data_parallel(torch.stack(losses).mean())
+        skipped = self.guard.last_step_skipped or not self.engine.was_step_applied()
+        grad_norm = self.engine.get_global_grad_norm()
+        if torch.is_tensor(grad_norm):
+            grad_norm = grad_norm.item()
+        optimizer = self.engine.optimizer
+        loss_scale = getattr(optimizer, "cur_scale", None) if self.engine.fp16_enabled() else None
+        return StepResult(loss=loss, skipped=skipped,
+                          grad_norm=None if grad_norm is None or skipped else float(grad_norm),
+                          loss_scale=loss_scale)
+
+    @torch.no_grad()
+    def eval_step(self, data_iterator: Optional[Iterator]) -> float:
+        """Mean loss over one global batch, without updating anything."""
+        if self.pipeline:
+            loss = self.engine.eval_batch(data_iterator)
+            self.engine.module.train()
+            return float(loss.item() if torch.is_tensor(loss) else loss)
+        self.engine.module.eval()
+        try:
+            losses = [self._forward_loss(data_iterator)
+                      for _ in range(self.gradient_accumulation_steps)]
+        finally:
+            self.engine.module.train()
+        return self._average_over_data_parallel(torch.stack(losses).mean())

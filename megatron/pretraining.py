@@ -1,0 +1,87 @@
+"""Set up a pretraining run from a validated configuration and run it."""
+import time
+
+from megatron.config.schema import TrainingConfig
+from megatron.train_state import TrainState
+from megatron.training import (RunContext, evaluate, model_shape_of, parallel_layout_summary,
+                               print_rank_0, train)
+
+
+def _device_type() -> str:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name()
+
+
+def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None) -> RunContext:
+    """Process groups, seeds, tokenizer, model, optimizer, engine and data, in that order."""
+    from megatron.config.scheduler_args import optimizer_param_scheduler_kwargs
+    from megatron.data_setup import build_data_iterators
+    from megatron.engine import BatchOptions, TrainingEngine
+    from megatron.initialize import initialize_distributed, set_random_seeds
+    from megatron.model_builder import build_model, build_transformer_config
+    from megatron.optimizer import build_optimizer, get_param_groups
+    from megatron.optimizer_param_scheduler import OptimizerParamScheduler
+    from megatron.tokenizer import build_tokenizer
+    from megatron.training_log import TensorboardWriter
+
+    parallel = config.parallel
+    initialize_distributed(tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+                           pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+                           timeout_minutes=parallel.distributed_timeout_minutes,
+                           backend=parallel.distributed_backend)
+    set_random_seeds(config.seed)
+    print_rank_0(f"> {parallel_layout_summary(config)}")
+
+    data = config.data
+    tokenizer = build_tokenizer(
+        data.tokenizer_type, vocab_file=data.vocab_file, merge_file=data.merge_file,
+        tokenizer_model=data.tokenizer_model, vocab_size=data.vocab_size,
+        make_vocab_size_divisible_by=config.model.make_vocab_size_divisible_by,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size)
+    print_rank_0(f"> tokenizer {data.tokenizer_type}: vocab {tokenizer.vocab_size}, "
+                 f"padded to {tokenizer.padded_vocab_size}")
+
+    transformer_config = build_transformer_config(config,
+                                                  padded_vocab_size=tokenizer.padded_vocab_size)
+    model = build_model(config, transformer_config)
+    optimizer = build_optimizer(get_param_groups(model, weight_decay=config.optimizer.weight_decay),
+                                config.optimizer, device_type=_device_type())
+    scheduler = OptimizerParamScheduler(optimizer, **optimizer_param_scheduler_kwargs(config))
+    engine = TrainingEngine(
+        model, optimizer=optimizer, ds_config=config.ds_config, pipeline=parallel.pipeline_engine,
+        batch_options=BatchOptions(eod_token=tokenizer.eod,
+                                   reset_position_ids=data.reset_position_ids,
+                                   reset_attention_mask=data.reset_attention_mask,
+                                   eod_mask_loss=data.eod_mask_loss))
+    state = TrainState()
+    writer = None
+    if config.logging.tensorboard_dir:
+        import torch.distributed as dist
+
+        if dist.get_rank() == dist.get_world_size() - 1:
+            writer = TensorboardWriter(config.logging.tensorboard_dir,
+                                       queue_size=config.logging.tensorboard_queue_size)
+    iterators = build_data_iterators(config, state)
+    return RunContext(config=config, engine=engine, scheduler=scheduler, state=state,
+                      iterators=iterators, model_shape=model_shape_of(transformer_config),
+                      writer=writer, peak_tflops_per_device=peak_tflops_per_device)
+
+
+def run(context: RunContext, *, max_consecutive_nonfinite: int = 10) -> TrainState:
+    """Train (unless --skip-train), then evaluate on the validation and test splits."""
+    config = context.config
+    start = time.monotonic()
+    if not config.schedule.skip_train and config.schedule.train_iters > 0:
+        print_rank_0("> training ...")
+        train(context, max_consecutive_nonfinite=max_consecutive_nonfinite)
+        print_rank_0(f"> training done: {context.state.iteration} iterations in "
+                     f"{time.monotonic() - start:.1f} s")
+    if context.iterators.has_valid:
+        evaluate(context, context.iterators.valid, prefix="the end of training for val data")
+    if context.iterators.has_test:
+        evaluate(context, context.iterators.test, prefix="the end of training for test data",
+                 test=True)
+    if context.writer is not None:
+        context.writer.close()
+    return context.state
