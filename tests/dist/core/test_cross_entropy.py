@@ -1,0 +1,55 @@
+"""vocab_parallel_cross_entropy at TP=1, 2, 4 versus log-softmax on the full logits:
+per-token loss and logits gradient, with and without label smoothing (fp32)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+from tests.dist.core.common import assert_close, chunk, randn, setup
+from tests.harness import run_on_ranks
+
+S, B, VOCAB = 6, 3, 32
+
+
+def _reference(logits, target, label_smoothing):
+    """Loss against the target distribution 1 - ls on the target, ls / (V - 1) elsewhere."""
+    logits = logits.clone().requires_grad_()
+    log_probs = F.log_softmax(logits, dim=-1)
+    q = torch.full_like(log_probs, label_smoothing / (VOCAB - 1))
+    q.scatter_(-1, target.unsqueeze(-1), 1.0 - label_smoothing)
+    loss = -(q * log_probs).sum(dim=-1)
+    return loss, logits
+
+
+def _check_cross_entropy(tp, label_smoothing):
+    rank = setup(tp)
+    logits = randn(S, B, VOCAB, seed=31) * 3
+    target = torch.randint(0, VOCAB, (S, B), generator=torch.Generator().manual_seed(32))
+    target[0] = torch.tensor([0, VOCAB - 1, VOCAB // 2])  # partition edges
+    weights = randn(S, B, seed=33)
+    ref_loss, ref_logits = _reference(logits, target, label_smoothing)
+    (ref_loss * weights).sum().backward()
+
+    local = chunk(logits, 2, rank, tp).clone().requires_grad_()
+    loss = vocab_parallel_cross_entropy(local, target, label_smoothing=label_smoothing)
+    assert_close(loss.detach(), ref_loss.detach(), "loss")
+    (loss * weights).sum().backward()
+    assert_close(local.grad, chunk(ref_logits.grad, 2, rank, tp), "logits grad")
+    # the input logits must not be modified in place
+    assert_close(local.detach(), chunk(logits, 2, rank, tp), "logits untouched")
+    return rank
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_vocab_parallel_cross_entropy(tp, label_smoothing):
+    assert run_on_ranks(_check_cross_entropy, tp, label_smoothing, world_size=tp) == list(range(tp))
+
+
+def test_plain_cross_entropy_matches_torch():
+    # Without smoothing the reference is torch's own cross-entropy (a second opinion).
+    logits = randn(4, 2, VOCAB, seed=1)
+    target = torch.randint(0, VOCAB, (4, 2), generator=torch.Generator().manual_seed(2))
+    loss, _ = _reference(logits, target, 0.0)
+    expected = F.cross_entropy(logits.view(-1, VOCAB), target.view(-1), reduction="none")
+    assert torch.allclose(loss.detach().view(-1), expected, atol=1e-6)
