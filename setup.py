@@ -44,7 +44,11 @@ def _extensions() -> list:
 
 
 def _build_ext_class():
-    from setuptools.command.build_ext import build_ext
+    if os.environ.get("MEGATRON_BUILD_FUSED_KERNELS") == "1":
+        # torch's build_ext compiles .cu files with nvcc (needs --no-build-isolation).
+        from torch.utils.cpp_extension import BuildExtension as build_ext
+    else:
+        from setuptools.command.build_ext import build_ext
 
     class OptionalBuildExt(build_ext):
         def run(self):
@@ -70,7 +74,7 @@ setup(
     description="GPT pretraining on DeepSpeed: a clean-room successor of Megatron-DeepSpeed",
     packages=find_packages(include=["megatron", "megatron.*"]),
     package_data={"megatron": ["data/*.cpp", "fused_kernels/*.cu", "fused_kernels/*.cpp",
-                               "fused_kernels/*.h"]},
+                               "fused_kernels/*.h", "fused_kernels/*.cuh"]},
     python_requires=">=3.9",
     install_requires=_read_requirements(),
     ext_modules=_extensions(),
