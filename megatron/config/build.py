@@ -1,0 +1,150 @@
+"""Turn the parsed flags into one validated `TrainingConfig`, before any process group exists."""
+from __future__ import annotations
+
+import argparse
+from typing import FrozenSet, Optional, Tuple
+
+from megatron.config.deepspeed_json import load_deepspeed_json, reconcile_deepspeed_config
+from megatron.config.schema import (BatchConfig, OptimizerConfig, ParallelConfig, PrecisionConfig,
+                                    TrainingConfig)
+from megatron.config.sections import (build_activation_checkpoint_config, build_checkpoint_config,
+                                      build_data_config, build_logging_config, build_model_config,
+                                      build_schedule_config)
+from megatron.config.unsupported import check_unsupported_flags
+
+_REMOVED = (("batch_size", "--batch-size", "--micro-batch-size"),
+            ("warmup", "--warmup", "--lr-warmup-fraction or --lr-warmup-iters/-samples/-tokens"),
+            ("model_parallel_size", "--model-parallel-size", "--tensor-model-parallel-size"))
+# Backends an explicit --distributed-backend may name on each accelerator.
+_BACKENDS = {"cpu": ("gloo", "ccl"), "cuda": ("nccl", "gloo"), "xpu": ("ccl", "gloo"), "hpu": ("hccl",)}
+
+
+def _explicit_args(args: argparse.Namespace) -> FrozenSet[str]:
+    """Dests given on the command line: recorded by `parse_args`, else those differing from defaults."""
+    recorded = getattr(args, "explicit_args", None)
+    if recorded is not None:
+        return frozenset(recorded)
+    from megatron.arguments import build_parser
+
+    parser = build_parser()
+    return frozenset(dest for dest, value in vars(args).items()
+                     if dest != "explicit_args" and value != parser.get_default(dest))
+
+
+def _check_launch(args: argparse.Namespace) -> None:
+    for dest, flag, replacement in _REMOVED:
+        if getattr(args, dest, None) is not None:
+            raise ValueError(f"{flag} is no longer valid; use {replacement}")
+    check_unsupported_flags(args)
+    if not (args.deepspeed or args.deepscale):
+        raise ValueError("running without --deepspeed (Megatron's own training path) is not supported yet; "
+                         "add --deepspeed, and --deepspeed_config <json> if you have one")
+    if args.deepspeed_config and args.deepscale_config:
+        raise ValueError("--deepspeed_config and the deprecated --deepscale_config are mutually exclusive")
+
+
+def _parallel_sizes(args: argparse.Namespace, world_size: int) -> Tuple[int, int, int]:
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    if world_size < 1:
+        raise ValueError(f"world size must be positive, got {world_size}")
+    for value, flag in ((tp, "--tensor-model-parallel-size"), (pp, "--pipeline-model-parallel-size")):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if world_size % (tp * pp):
+        raise ValueError(f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} "
+                         f"x --pipeline-model-parallel-size {pp}")
+    if args.no_pipeline_parallel and pp != 1:
+        raise ValueError(f"--no-pipeline-parallel needs --pipeline-model-parallel-size 1, got {pp}")
+    if args.sequence_parallel and tp == 1:
+        raise ValueError("--sequence-parallel needs --tensor-model-parallel-size > 1")
+    return tp, pp, world_size // (tp * pp)
+
+
+def _backend(args: argparse.Namespace, explicit: FrozenSet[str], accelerator_name: str) -> Optional[str]:
+    if "distributed_backend" not in explicit:
+        return None
+    allowed = _BACKENDS.get(accelerator_name)
+    if allowed is not None and args.distributed_backend not in allowed:
+        raise ValueError(f"--distributed-backend {args.distributed_backend} does not work on the "
+                         f"{accelerator_name} accelerator; use one of {', '.join(allowed)} or drop the flag")
+    return args.distributed_backend
+
+
+def _rampup(args: argparse.Namespace) -> Optional[Tuple[int, int, int]]:
+    if args.rampup_batch_size is None:
+        return None
+    values = args.rampup_batch_size
+    try:
+        start, increment, samples = (int(float(v)) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError("--rampup-batch-size takes 3 integers: <start> <increment> <ramp-up samples>; "
+                         f"got {values}") from None
+    return start, increment, samples
+
+
+def _optimizer_config(args: argparse.Namespace, clip_grad: float) -> OptimizerConfig:
+    for value, flag in ((args.adam_beta1, "--adam-beta1"), (args.adam_beta2, "--adam-beta2")):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{flag} must be in [0, 1), got {value}")
+    if args.adam_eps <= 0:
+        raise ValueError(f"--adam-eps must be positive, got {args.adam_eps}")
+    if clip_grad < 0:
+        raise ValueError(f"--clip-grad (\"gradient_clipping\") must be >= 0, got {clip_grad}")
+    return OptimizerConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                           adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
+                           sgd_momentum=args.sgd_momentum, clip_grad=clip_grad)
+
+
+def build_config(args: argparse.Namespace, *, world_size: int, accelerator_name: str) -> TrainingConfig:
+    """Validate every flag and cross-constraint once and return the frozen configuration.
+
+    `world_size` is the number of processes the run will have; `accelerator_name` is
+    `get_accelerator().device_name()` ("cpu", "cuda", ...). Nothing is created: no process
+    group, no file. Errors are ValueError (FileNotFoundError for a missing JSON) naming the
+    flags and JSON keys involved.
+    """
+    explicit = _explicit_args(args)
+    _check_launch(args)
+    tp, pp, dp = _parallel_sizes(args, world_size)
+    config_path = args.deepspeed_config or args.deepscale_config
+    flag = "--deepspeed_config" if args.deepspeed_config else "--deepscale_config"
+    json_config = load_deepspeed_json(config_path, flag) if config_path else {}
+    merged = reconcile_deepspeed_config(json_config, args, explicit=explicit, data_parallel_size=dp,
+                                        source=f"{flag} {config_path}" if config_path else "the DeepSpeed config")
+    if merged.dtype == "fp16" and accelerator_name == "cpu":
+        raise ValueError("--fp16 is not available on a CPU: DeepSpeed refuses fp16 there (\"Type fp16 is not "
+                         "supported on your device\"); use --bf16 (or fp32) and set \"fp16.enabled\" to false")
+    if merged.zero_stage >= 2 and not args.no_pipeline_parallel:
+        raise ValueError(f"ZeRO stage {merged.zero_stage} (--zero-stage / \"zero_optimization.stage\") does not "
+                         f"work with DeepSpeed's pipeline engine (--pipeline-model-parallel-size {pp}); use ZeRO "
+                         "stage 0 or 1, or --no-pipeline-parallel with --pipeline-model-parallel-size 1")
+    rampup = _rampup(args)
+    model = build_model_config(args, tensor_model_parallel_size=tp)
+    schedule = build_schedule_config(args, global_batch_size=merged.global_batch_size,
+                                     micro_batch_size=merged.micro_batch_size, data_parallel_size=dp,
+                                     rampup=rampup)
+    if model.fp32_residual_connection and merged.dtype == "fp32":
+        raise ValueError("--fp32-residual-connection needs --fp16 or --bf16")
+    if merged.dtype == "fp16" and merged.loss_scale is not None and merged.loss_scale <= 0:
+        raise ValueError(f"--loss-scale must be positive, got {merged.loss_scale}")
+    parallel = ParallelConfig(
+        world_size=world_size, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        data_parallel_size=dp, sequence_parallel=args.sequence_parallel,
+        pipeline_engine=not args.no_pipeline_parallel, zero_stage=merged.zero_stage,
+        distributed_backend=_backend(args, explicit, accelerator_name),
+        distributed_timeout_minutes=args.distributed_timeout_minutes, local_rank=args.local_rank)
+    batch = BatchConfig(micro_batch_size=merged.micro_batch_size, global_batch_size=merged.global_batch_size,
+                        data_parallel_size=dp, gradient_accumulation_steps=merged.gradient_accumulation_steps,
+                        rampup_batch_size=rampup)
+    precision = PrecisionConfig(
+        dtype=merged.dtype, loss_scale=merged.loss_scale, initial_loss_scale=merged.initial_loss_scale,
+        min_loss_scale=merged.min_loss_scale, loss_scale_window=merged.loss_scale_window,
+        hysteresis=merged.hysteresis, accumulate_allreduce_grads_in_fp32=(
+            args.accumulate_allreduce_grads_in_fp32 or merged.dtype == "bf16"))
+    return TrainingConfig(
+        model=model, parallel=parallel, batch=batch, schedule=schedule,
+        optimizer=_optimizer_config(args, merged.clip_grad), precision=precision,
+        checkpoint=build_checkpoint_config(args), logging=build_logging_config(args),
+        data=build_data_config(args, seq_length=model.seq_length),
+        activation_checkpointing=build_activation_checkpoint_config(args, merged.activation_checkpointing),
+        seed=args.seed, accelerator_name=accelerator_name, ds_config=merged.config)
