@@ -1,0 +1,90 @@
+"""Helpers for whole-program tests: tiny datasets, launching pretrain_gpt.py, reading its log."""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from megatron.data.indexed_dataset import MMapIndexedDatasetBuilder, index_file_path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VOCAB_SIZE = 511  # NullTokenizer: ids 0..510, EOD 511; padded to 512 for TP 1, 2 and 4.
+_LOSS_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? lm loss: ([0-9.E+-]+) \|")
+_VALID_LINE = re.compile(r"validation loss at (.*?) \| lm loss value: ([0-9.E+-]+) \| "
+                         r"lm loss PPL: ([0-9.E+-]+)")
+
+
+def write_random_dataset(prefix: Path, *, num_documents: int = 300, seed: int = 0) -> str:
+    """Documents of random ids with a learnable pattern (each id is often followed by id+1)."""
+    rng = np.random.RandomState(seed)
+    builder = MMapIndexedDatasetBuilder(str(prefix) + ".bin", dtype=np.uint16)
+    for _ in range(num_documents):
+        length = rng.randint(20, 120)
+        start = rng.randint(0, VOCAB_SIZE, size=length)
+        tokens = np.where(rng.rand(length) < 0.7, (np.arange(length) + start[0]) % VOCAB_SIZE, start)
+        builder.add_document(list(tokens.astype(np.int64)) + [VOCAB_SIZE])
+    builder.finalize(index_file_path(str(prefix)))
+    return str(prefix)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tiny_gpt_args(data_prefix: str, *, train_iters: int, global_batch_size: int = 8,
+                  micro_batch_size: int = 2, extra: Sequence[str] = ()) -> List[str]:
+    return [
+        "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+        "--seq-length", "32", "--max-position-embeddings", "32",
+        "--micro-batch-size", str(micro_batch_size), "--global-batch-size", str(global_batch_size),
+        "--train-iters", str(train_iters), "--lr", "1e-3", "--min-lr", "1e-4",
+        "--lr-decay-style", "cosine", "--lr-warmup-iters", "2", "--weight-decay", "0.1",
+        "--clip-grad", "1.0", "--log-interval", "1", "--eval-interval", "1000",
+        "--eval-iters", "2", "--split", "90,8,2", "--data-path", data_prefix,
+        "--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB_SIZE),
+        "--seed", "1234", "--use-cpu-initialization", "--deepspeed", "--zero-stage", "1",
+        *extra,
+    ]
+
+
+def run_pretrain(args: Sequence[str], *, num_procs: int = 1, launcher: str = "torchrun",
+                 timeout: float = 300, cwd: Path = REPO_ROOT) -> str:
+    """Run pretrain_gpt.py (plain python for one process, else torchrun or deepspeed)."""
+    script = str(REPO_ROOT / "pretrain_gpt.py")
+    if num_procs == 1 and launcher == "torchrun":
+        command = [sys.executable, script]
+    elif launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                   str(num_procs), "--master_port", str(free_port()), script]
+    elif launcher == "deepspeed":
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus",
+                   str(num_procs), "--master_port", str(free_port()), script]
+    else:
+        raise ValueError(f"unknown launcher {launcher}")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    completed = subprocess.run(command + list(args), cwd=cwd, env=env, capture_output=True,
+                               text=True, timeout=timeout)
+    output = completed.stdout + completed.stderr
+    if completed.returncode != 0:
+        raise AssertionError(f"pretrain_gpt.py exited {completed.returncode}:\n{output[-6000:]}")
+    return output
+
+
+def losses_by_iteration(output: str) -> Dict[int, float]:
+    return {int(match.group(1)): float(match.group(2)) for match in _LOSS_LINE.finditer(output)}
+
+
+def validation_results(output: str) -> List[tuple]:
+    return [(m.group(1), float(m.group(2)), float(m.group(3))) for m in _VALID_LINE.finditer(output)]
+
+
+def write_json(path: Path, content: dict) -> str:
+    path.write_text(json.dumps(content))
+    return str(path)
