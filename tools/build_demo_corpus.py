@@ -51,6 +51,7 @@ def build_corpus(output: str, *, max_mb: float, root: Optional[str] = None) -> i
         raise FileNotFoundError(f"Python standard library not found at {root!r}")
     limit = int(max_mb * 1e6)
     written = documents = 0
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     partial = f"{output}.tmp{os.getpid()}"
     with open(partial, "w", encoding="utf-8") as handle:
         for path in stdlib_sources(root):
