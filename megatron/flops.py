@@ -22,6 +22,18 @@ class ModelShape:
     padded_vocab_size: int
     swiglu: bool = False
 
+    @classmethod
+    def of(cls, transformer_config) -> "ModelShape":
+        """The shape of a `megatron.model.transformer_config.TransformerConfig`."""
+        return cls(num_layers=transformer_config.num_layers,
+                   hidden_size=transformer_config.hidden_size,
+                   ffn_hidden_size=transformer_config.ffn_hidden_size,
+                   num_attention_heads=transformer_config.num_attention_heads,
+                   num_key_value_heads=transformer_config.num_key_value_heads,
+                   kv_channels=transformer_config.kv_channels,
+                   padded_vocab_size=transformer_config.padded_vocab_size,
+                   swiglu=transformer_config.activation == "swiglu")
+
 
 def forward_flops_per_token(shape: ModelShape, seq_length: int) -> dict:
     """Forward FLOPs per token, split into the parts recompute treats differently."""

@@ -47,3 +47,14 @@ def test_bad_granularity_is_named():
     with pytest.raises(ValueError, match="recompute_granularity"):
         training_flops_per_iteration(_classic(1, 8, 2, 8), global_batch_size=1, seq_length=2,
                                      recompute_granularity="partial")
+
+
+def test_shape_of_transformer_config_with_gqa_and_swiglu():
+    from megatron.model.transformer_config import TransformerConfig
+
+    config = TransformerConfig(num_layers=2, hidden_size=64, num_attention_heads=8,
+                               num_key_value_heads=2, activation="swiglu", seq_length=16,
+                               max_position_embeddings=16, padded_vocab_size=128)
+    shape = ModelShape.of(config)
+    assert (shape.num_key_value_heads, shape.kv_channels, shape.swiglu) == (2, 8, True)
+    assert shape.ffn_hidden_size == config.ffn_hidden_size

@@ -1,0 +1,134 @@
+"""The pre-norm transformer layer and the layer stack with its final norm.
+
+Layer (upstream order): input norm -> self-attention -> bias-dropout-add -> post-attention
+norm -> MLP -> bias-dropout-add. Activations are [s, b, h] ([s/TP, b, h] between the
+tensor-parallel regions with sequence parallelism).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from megatron.core import parallel_state, tensor_parallel
+from megatron.model.attention import ParallelAttention
+from megatron.model.fused_layer_norm import build_norm
+from megatron.model.fused_softmax import AttnMaskType
+from megatron.model.mlp import ParallelMLP
+from megatron.model.transformer_config import TransformerConfig
+
+
+def bias_dropout_add(x: torch.Tensor, bias: Optional[torch.Tensor], residual: torch.Tensor,
+                     prob: float, training: bool) -> torch.Tensor:
+    """residual + dropout(x + bias)."""
+    if bias is not None:
+        x = x + bias
+    if training and prob > 0.0:
+        x = F.dropout(x, p=prob, training=True)
+    return residual + x
+
+
+def sequence_parallel_rng(config: TransformerConfig):
+    """With sequence parallelism each TP rank holds different tokens, so dropout outside
+    the tensor-parallel regions must use the per-rank stream; otherwise nothing changes."""
+    if config.sequence_parallel:
+        return tensor_parallel.get_cuda_rng_tracker().fork()
+    return nullcontext()
+
+
+class ParallelTransformerLayer(torch.nn.Module):
+    """One transformer layer. `layer_number` is GLOBAL and 1-based (it names the
+    parameters for initialization and scales the attention scores)."""
+
+    def __init__(self, config: TransformerConfig, layer_number: int, *,
+                 self_attn_mask_type: AttnMaskType = AttnMaskType.causal) -> None:
+        super().__init__()
+        if layer_number < 1:
+            raise ValueError(f"layer_number is 1-based, got {layer_number}")
+        self.config = config
+        self.layer_number = layer_number
+        self.input_layernorm = build_norm(config)
+        self.self_attention = ParallelAttention(config, layer_number,
+                                                attn_mask_type=self_attn_mask_type)
+        self.post_attention_layernorm = build_norm(config)
+        self.mlp = ParallelMLP(config, layer_number)
+
+    def _norm(self, norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        out = norm(x)
+        # With an fp32 residual stream the norm's output goes back to the params dtype.
+        return out.to(self.config.params_dtype) if self.config.fp32_residual_connection else out
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                rotary_pos_emb: Optional[torch.Tensor] = None) -> torch.Tensor:
+        cfg = self.config
+        normed = self._norm(self.input_layernorm, hidden_states)
+        attention_output, attention_bias = self.self_attention(normed, attention_mask,
+                                                               rotary_pos_emb)
+        residual = normed if cfg.apply_residual_connection_post_layernorm else hidden_states
+        hidden = bias_dropout_add(attention_output, attention_bias, residual,
+                                  cfg.hidden_dropout, self.training)
+        normed = self._norm(self.post_attention_layernorm, hidden)
+        mlp_output, mlp_bias = self.mlp(normed)
+        residual = normed if cfg.apply_residual_connection_post_layernorm else hidden
+        return bias_dropout_add(mlp_output, mlp_bias, residual, cfg.hidden_dropout, self.training)
+
+
+def layer_offset(config: TransformerConfig) -> int:
+    """Global index of this pipeline stage's first layer (Megatron-style stages)."""
+    if config.pipeline_model_parallel_size == 1:
+        return 0
+    per_stage = config.num_layers // config.pipeline_model_parallel_size
+    return parallel_state.get_pipeline_model_parallel_rank() * per_stage
+
+
+class ParallelTransformer(torch.nn.Module):
+    """This stage's layers (`layers.<local index>`) and, on the last stage, the
+    `final_layernorm`.
+
+    Activation checkpointing (`_checkpointed_forward`, recompute) is not implemented
+    yet: configurations asking for it are rejected instead of silently running without.
+    """
+
+    def __init__(self, config: TransformerConfig, *, pre_process: bool = True,
+                 post_process: bool = True,
+                 self_attn_mask_type: AttnMaskType = AttnMaskType.causal) -> None:
+        super().__init__()
+        if config.checkpoint_activations or config.recompute_granularity is not None:
+            raise ValueError(
+                "activation checkpointing (checkpoint_activations / recompute_granularity, "
+                "--checkpoint-activations / --recompute-granularity) is not supported yet")
+        self.config = config
+        self.pre_process = pre_process
+        self.post_process = post_process
+        self.input_tensor: Optional[torch.Tensor] = None
+        num_local = config.num_layers // config.pipeline_model_parallel_size
+        offset = layer_offset(config)
+        self.layers = torch.nn.ModuleList([
+            ParallelTransformerLayer(config, offset + i + 1,
+                                     self_attn_mask_type=self_attn_mask_type)
+            for i in range(num_local)])
+        if post_process:
+            self.final_layernorm = build_norm(config)
+
+    def set_input_tensor(self, input_tensor: Optional[torch.Tensor]) -> None:
+        """Activation received from the previous pipeline stage (non-first stages)."""
+        self.input_tensor = input_tensor
+
+    def _layers_forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                        rotary_pos_emb: Optional[torch.Tensor]) -> torch.Tensor:
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask, rotary_pos_emb)
+        return hidden_states
+
+    def forward(self, hidden_states: Optional[torch.Tensor],
+                attention_mask: Optional[torch.Tensor] = None,
+                rotary_pos_emb: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not self.pre_process:
+            hidden_states = self.input_tensor
+        with sequence_parallel_rng(self.config):
+            hidden_states = self._layers_forward(hidden_states, attention_mask, rotary_pos_emb)
+        if self.post_process:
+            hidden_states = self.final_layernorm(hidden_states)
+        return hidden_states
