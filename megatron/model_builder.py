@@ -53,7 +53,20 @@ def build_transformer_config(config: TrainingConfig, *, padded_vocab_size: int) 
 
 
 def build_model(config: TrainingConfig, transformer_config: TransformerConfig) -> torch.nn.Module:
-    """`GPTModelPipe` for the pipeline engine, `GPTModel` with --no-pipeline-parallel."""
+    """`GPTModelPipe` for the pipeline engine, `GPTModel` with --no-pipeline-parallel.
+
+    With --sequence-parallel, the replicated parameters that see only a sequence chunk
+    (norms, row-parallel biases) get their gradients summed over the TP group in backward.
+    """
+    model = _build_model(config, transformer_config)
+    if transformer_config.sequence_parallel:
+        from megatron.core.tensor_parallel import register_sequence_parallel_gradient_hooks
+
+        register_sequence_parallel_gradient_hooks(model)
+    return model
+
+
+def _build_model(config: TrainingConfig, transformer_config: TransformerConfig) -> torch.nn.Module:
     if config.parallel.pipeline_engine:
         from megatron.model.gpt_model_pipe import GPTModelPipe
 

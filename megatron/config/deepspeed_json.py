@@ -215,6 +215,17 @@ def _zero(merger: _Merger) -> int:
     return int(stage)
 
 
+def _unpartitioned_pipeline_transfers(merger: _Merger) -> None:
+    """With --sequence-parallel each TP rank holds a different sequence chunk, so the pipeline
+    engine must send whole activations and gradients: its default splits them across the TP
+    ranks and re-gathers them, which assumes every TP rank holds the same tensor."""
+    for key in ("pipeline.pipe_partitioned", "pipeline.grad_partitioned"):
+        if merger.get(key) is True:
+            raise ValueError(f"--sequence-parallel with the pipeline engine needs {key} false "
+                             f"in {merger.source}, which sets it true")
+        merger.set(key, False)
+
+
 def reconcile_deepspeed_config(json_config: Dict[str, Any], args: argparse.Namespace, *,
                                explicit: FrozenSet[str], data_parallel_size: int,
                                source: str = "the DeepSpeed JSON") -> ReconciledDeepSpeed:
@@ -240,5 +251,7 @@ def reconcile_deepspeed_config(json_config: Dict[str, Any], args: argparse.Names
     for key, dest, _ in _ACTIVATION_KEYS:
         if activation[dest] or merger.get(f"activation_checkpointing.{key}") is not _ABSENT:
             merger.set(f"activation_checkpointing.{key}", activation[dest])
+    if args.sequence_parallel and not args.no_pipeline_parallel:
+        _unpartitioned_pipeline_transfers(merger)
     return ReconciledDeepSpeed(merger.config, micro, glob, steps, stage, float(clip), dtype, loss_scale,
                                initial, minimum, window, hysteresis, activation)

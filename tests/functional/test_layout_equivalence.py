@@ -29,10 +29,15 @@ def reference_losses(dataset):
 
 LAYOUTS = {
     "tp2": (2, ["--tensor-model-parallel-size", "2", "--no-pipeline-parallel"], "torchrun"),
+    "tp2-sequence-parallel": (2, ["--tensor-model-parallel-size", "2", "--sequence-parallel",
+                                  "--no-pipeline-parallel"], "torchrun"),
     "pp2": (2, ["--pipeline-model-parallel-size", "2"], "deepspeed"),
     "dp2-zero1": (2, ["--no-pipeline-parallel"], "torchrun"),
     "tp2-pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"],
                 "torchrun"),
+    "tp2-pp2-sequence-parallel": (4, ["--tensor-model-parallel-size", "2",
+                                      "--pipeline-model-parallel-size", "2", "--sequence-parallel"],
+                                  "torchrun"),
     "tp2-pp2-dp2": (8, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"],
                     "torchrun"),
 }

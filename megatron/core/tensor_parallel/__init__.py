@@ -10,6 +10,7 @@ from megatron.core.tensor_parallel.layers import (
     copy_tensor_model_parallel_attributes,
     linear_with_grad_accumulation_and_async_allreduce,
     param_is_not_tensor_parallel_duplicate,
+    register_sequence_parallel_gradient_hooks,
     set_defaults_if_not_set_tensor_model_parallel_attributes,
     set_tensor_model_parallel_attributes,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding",
     "allreduce_sequence_parallel_gradients", "copy_tensor_model_parallel_attributes",
     "linear_with_grad_accumulation_and_async_allreduce", "param_is_not_tensor_parallel_duplicate",
+    "register_sequence_parallel_gradient_hooks",
     "set_defaults_if_not_set_tensor_model_parallel_attributes",
     "set_tensor_model_parallel_attributes", "copy_to_tensor_model_parallel_region",
     "gather_from_sequence_parallel_region", "gather_from_tensor_model_parallel_region",

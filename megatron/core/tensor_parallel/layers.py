@@ -71,6 +71,30 @@ def allreduce_sequence_parallel_gradients(parameters: Iterable[torch.Tensor]) ->
             dist.all_reduce(param.grad, group=group)
 
 
+def register_sequence_parallel_gradient_hooks(module: torch.nn.Module) -> int:
+    """Make every `sequence_parallel` parameter's gradient the TP-group sum as it is computed.
+
+    The same sum as `allreduce_sequence_parallel_gradients`, but done inside backward (the
+    sum is linear, so per micro batch is exact), before an engine such as DeepSpeed's takes
+    the gradients for its own reduction. Returns how many parameters got a hook.
+    """
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return 0
+    group = parallel_state.get_tensor_model_parallel_group()
+
+    def summed(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, group=group)
+        return grad
+
+    hooked = 0
+    for param in module.parameters():
+        if getattr(param, "sequence_parallel", False) and param.requires_grad:
+            param.register_hook(summed)
+            hooked += 1
+    return hooked
+
+
 def _param_device(config: ModelParallelConfig) -> torch.device:
     if config.use_cpu_initialization:
         return torch.device("cpu")

@@ -128,3 +128,22 @@ def test_input_json_is_not_modified(tmp_path):
     path.write_text(json.dumps(original))
     config = merged(["--micro-batch-size", "2", "--deepspeed_config", str(path)], None, tmp_path, world=2)
     assert json.loads(path.read_text()) == original and config.ds_config["gradient_accumulation_steps"] == 1
+
+
+def test_sequence_parallel_pipeline_sends_whole_activations():
+    """DeepSpeed's pipeline splits stage-to-stage tensors across TP ranks unless told not to,
+    which is wrong when each TP rank holds a different sequence chunk."""
+    from megatron.arguments import parse_args
+    from megatron.config.build import build_config
+
+    base = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+            "--seq-length", "32", "--max-position-embeddings", "32", "--micro-batch-size", "1",
+            "--global-batch-size", "2", "--train-iters", "10", "--lr", "1e-3",
+            "--tensor-model-parallel-size", "2", "--deepspeed", "--sequence-parallel",
+            "--tokenizer-type", "NullTokenizer", "--vocab-size", "100"]
+    piped = build_config(parse_args(base + ["--pipeline-model-parallel-size", "2"]),
+                         world_size=4, accelerator_name="cpu").ds_config
+    assert piped["pipeline"] == {"pipe_partitioned": False, "grad_partitioned": False}
+    flat = build_config(parse_args(base + ["--no-pipeline-parallel"]), world_size=2,
+                        accelerator_name="cpu").ds_config
+    assert "pipeline" not in flat
