@@ -44,12 +44,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
     from megatron.pretraining import build_run, run
+    from megatron.checkpointing import CheckpointError
     from megatron.training import TrainingError
 
     try:
-        context = build_run(config, peak_tflops_per_device=args.peak_tflops_per_device)
+        context = build_run(config, peak_tflops_per_device=args.peak_tflops_per_device,
+                            args=args)
         run(context, max_consecutive_nonfinite=args.max_consecutive_nonfinite_iterations)
-    except (TrainingError, ValueError, FileNotFoundError) as error:
+    except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as error:
         print(f"pretrain_gpt.py: error: {error}", file=sys.stderr, flush=True)
         return 1
     return 0

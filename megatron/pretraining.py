@@ -1,5 +1,7 @@
 """Set up a pretraining run from a validated configuration and run it."""
+import argparse
 import time
+from typing import Optional
 
 from megatron.config.schema import TrainingConfig
 from megatron.train_state import TrainState
@@ -13,8 +15,11 @@ def _device_type() -> str:
     return get_accelerator().device_name()
 
 
-def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None) -> RunContext:
-    """Process groups, seeds, tokenizer, model, optimizer, engine and data, in that order."""
+def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None,
+              args: Optional[argparse.Namespace] = None) -> RunContext:
+    """Process groups, seeds, tokenizer, model, optimizer, engine, checkpoint and data, in
+    that order. `args` (the parsed flags) is stored in checkpoints as upstream does."""
+    from megatron.checkpointing import Checkpointer
     from megatron.config.scheduler_args import optimizer_param_scheduler_kwargs
     from megatron.data_setup import build_data_iterators
     from megatron.engine import BatchOptions, TrainingEngine
@@ -25,6 +30,7 @@ def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None) -
     from megatron.tokenizer import build_tokenizer
     from megatron.training_log import TensorboardWriter
 
+    start_time = time.monotonic()
     parallel = config.parallel
     initialize_distributed(tensor_model_parallel_size=parallel.tensor_model_parallel_size,
                            pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
@@ -62,10 +68,62 @@ def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None) -
         if dist.get_rank() == dist.get_world_size() - 1:
             writer = TensorboardWriter(config.logging.tensorboard_dir,
                                        queue_size=config.logging.tensorboard_queue_size)
+    checkpointer = Checkpointer(engine=engine.engine, scheduler=scheduler, state=state,
+                                config=config.checkpoint,
+                                fingerprint=fingerprint_of(transformer_config, config), args=args)
+    checkpointer.load()
+    # The loaders start at the loaded consumed-samples count; the RNG states are restored
+    # after everything that draws random numbers while being built.
     iterators = build_data_iterators(config, state)
-    return RunContext(config=config, engine=engine, scheduler=scheduler, state=state,
-                      iterators=iterators, model_shape=model_shape_of(transformer_config),
-                      writer=writer, peak_tflops_per_device=peak_tflops_per_device)
+    checkpointer.restore_rng()
+    context = RunContext(config=config, engine=engine, scheduler=scheduler, state=state,
+                         iterators=iterators, model_shape=model_shape_of(transformer_config),
+                         writer=writer, peak_tflops_per_device=peak_tflops_per_device,
+                         checkpointer=checkpointer)
+    context.on_iteration_end.append(
+        _save_and_exit_hook(checkpointer, _exit_conditions(config, start_time), config))
+    return context
+
+
+def fingerprint_of(transformer_config, config: TrainingConfig):
+    from megatron.checkpointing import ModelFingerprint
+
+    return ModelFingerprint(
+        num_layers=transformer_config.num_layers, hidden_size=transformer_config.hidden_size,
+        num_attention_heads=transformer_config.num_attention_heads,
+        num_key_value_heads=transformer_config.num_key_value_heads,
+        ffn_hidden_size=transformer_config.ffn_hidden_size,
+        padded_vocab_size=transformer_config.padded_vocab_size,
+        tensor_model_parallel_size=config.parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=config.parallel.pipeline_model_parallel_size)
+
+
+def _exit_conditions(config: TrainingConfig, start_time: float):
+    from megatron.exit_conditions import ExitConditions, TerminationSignalHandler
+
+    schedule = config.schedule
+    return ExitConditions(
+        exit_interval=schedule.exit_interval, exit_duration_minutes=schedule.exit_duration_in_mins,
+        signal_handler=TerminationSignalHandler() if schedule.exit_signal_handler else None,
+        start_time=start_time)
+
+
+def _save_and_exit_hook(checkpointer, exit_conditions, config: TrainingConfig):
+    """After each iteration: save every --save-interval, and save before an early exit."""
+    save_dir, save_interval = config.checkpoint.save, config.checkpoint.save_interval
+
+    def hook(context: RunContext) -> bool:
+        iteration = context.state.iteration
+        reason = exit_conditions.reason_to_stop(iteration)
+        if save_dir and (reason is not None or iteration % save_interval == 0):
+            checkpointer.save(save_dir)
+        if reason is not None:
+            context.stop_reason = reason
+            print_rank_0(f"> {reason}")
+            return True
+        return False
+
+    return hook
 
 
 def run(context: RunContext, *, max_consecutive_nonfinite: int = 10) -> TrainState:
@@ -77,6 +135,14 @@ def run(context: RunContext, *, max_consecutive_nonfinite: int = 10) -> TrainSta
         train(context, max_consecutive_nonfinite=max_consecutive_nonfinite)
         print_rank_0(f"> training done: {context.state.iteration} iterations in "
                      f"{time.monotonic() - start:.1f} s")
+        save_dir = config.checkpoint.save
+        if save_dir and context.state.iteration > 0:
+            context.checkpointer.save(save_dir)  # a no-op when this iteration is saved
+    if context.stop_reason is not None:
+        # Stopped by an exit condition: leave now (a scheduler's grace period is short).
+        if context.writer is not None:
+            context.writer.close()
+        return context.state
     if context.iterators.has_valid:
         evaluate(context, context.iterators.valid, prefix="the end of training for val data")
     if context.iterators.has_test:

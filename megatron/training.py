@@ -67,6 +67,10 @@ class RunContext:
     """Hooks run after every iteration (checkpointing, exit conditions); True stops the run."""
     last_result: Optional[StepResult] = None
     """The latest iteration's step result (its grad norm and loss scale are logged)."""
+    checkpointer: Optional["object"] = None
+    """The run's `megatron.checkpointing.Checkpointer` (saves only with --save)."""
+    stop_reason: Optional[str] = None
+    """Why a hook stopped the run early (an exit condition), or None."""
 
 
 def model_shape_of(transformer_config) -> ModelShape:
