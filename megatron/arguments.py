@@ -149,7 +149,8 @@ def _training(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--random-ltd", action="store_true", help="Random layer-token drop.")
     g.add_argument("--log-interval", type=int, default=100, help="Iterations between log lines.")
     g.add_argument("--exit-interval", type=int, default=None, help="Exit when the iteration is a multiple of this.")
-    g.add_argument("--exit-duration-in-mins", type=int, default=None, help="Exit after this many minutes.")
+    g.add_argument("--exit-duration-in-mins", type=float, default=None,
+                   help="Exit (saving first with --save) once this many minutes have passed; fractions allowed.")
     g.add_argument("--exit-signal-handler", action="store_true", help="Save and exit on SIGTERM.")
     g.add_argument("--tensorboard-dir", type=str, default=None, help="Write tensorboard logs here.")
     g.add_argument("--no-masked-softmax-fusion", action="store_false", dest="masked_softmax_fusion",

@@ -35,9 +35,9 @@ STAGING_SUFFIX = ".saving"
 REPLACED_SUFFIX = ".replaced"
 CHECKPOINT_VERSION = 3.0
 _TAG_PATTERN = re.compile(r"^global_step(\d+)$")
-# Test-only: seconds to sleep in the middle of a save (after DeepSpeed wrote its files),
-# so a test can kill a rank there deterministically.
-STALL_ENV = "MEGATRON_TEST_STALL_IN_SAVE_SECONDS"
+# Test-only, "ITERATION:SECONDS": sleep in the middle of that iteration's save (after DeepSpeed
+# wrote its files, before the commit), so a test can kill a rank there deterministically.
+STALL_ENV = "MEGATRON_TEST_STALL_IN_SAVE"
 
 
 class CheckpointError(ValueError):
@@ -313,11 +313,7 @@ class Checkpointer:
         if not save_optim and _rank() == 0:
             self._strip_optimizer_from_model_states(staging_dir)
 
-        stall = float(os.environ.get(STALL_ENV, "0") or 0)
-        if stall > 0:
-            print(f"[rank {_rank()}] test hook: stalling {stall} s inside the save of {tag}",
-                  flush=True)
-            time.sleep(stall)
+        self._test_stall(iteration, tag)
 
         if not self.config.no_save_rng:
             rng_path = os.path.join(staging_dir, rng_file_name(_rank()))
@@ -331,6 +327,17 @@ class Checkpointer:
         _print_rank_0(f"> saved checkpoint {tag} (iteration {iteration}) to {save_dir} "
                       f"in {time.monotonic() - start:.1f} s")
         return True
+
+    @staticmethod
+    def _test_stall(iteration: int, tag: str) -> None:
+        spec = os.environ.get(STALL_ENV)
+        if not spec:
+            return
+        stall_iteration, seconds = spec.split(":")
+        if int(stall_iteration) == iteration:
+            print(f"[rank {_rank()}] test hook: stalling {seconds} s inside the save of {tag}",
+                  flush=True)
+            time.sleep(float(seconds))
 
     def _strip_optimizer_from_model_states(self, staging_dir: str) -> None:
         """--no-save-optim without ZeRO: DeepSpeed puts the optimizer into the model states."""

@@ -176,7 +176,7 @@ class ScheduleConfig:
     """--skip-train."""
     exit_interval: Optional[int]
     """--exit-interval."""
-    exit_duration_in_mins: Optional[int]
+    exit_duration_in_mins: Optional[float]
     """--exit-duration-in-mins."""
     exit_signal_handler: bool
     """--exit-signal-handler."""

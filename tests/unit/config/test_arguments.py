@@ -18,7 +18,7 @@ SNAPSHOT = [
     ("--lr-decay-tokens", "lr_decay_tokens", None, int),
     ("--lr-warmup-tokens", "lr_warmup_tokens", None, int),
     ("--micro-batch-size", "micro_batch_size", None, int),
-    ("--exit-duration-in-mins", "exit_duration_in_mins", None, int),
+    ("--exit-duration-in-mins", "exit_duration_in_mins", None, float),  # upstream int; float takes every int
     ("--global-batch-size", "global_batch_size", None, int),
     ("--num-layers", "num_layers", None, int),
     ("--hidden-size", "hidden_size", None, int),
