@@ -71,7 +71,7 @@ ARGS=(
     --adam-beta1 0.9 --adam-beta2 0.95 --init-method-std 0.02
     --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$DATA_DIR/spm.model"
     --data-path "$DATA_DIR/demo_text_document" --split 949,50,1
-    --log-interval 10 --eval-interval "$HALF" --eval-iters 5
+    --log-interval $(( HALF < 10 ? HALF : 10 )) --eval-interval "$HALF" --eval-iters 5
     --save "$CHECKPOINT_DIR" --load "$CHECKPOINT_DIR" --save-interval "$HALF"
     --tensorboard-dir "$TENSORBOARD_DIR" --log-validation-ppl-to-tensorboard
     --pipeline-model-parallel-size "$PP" --seed 1234
