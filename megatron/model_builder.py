@@ -36,7 +36,7 @@ def build_transformer_config(config: TrainingConfig, *, padded_vocab_size: int) 
         recompute_num_layers=checkpointing.recompute_num_layers,
         checkpoint_activations=checkpointing.checkpoint_activations,
         checkpoint_num_layers=checkpointing.checkpoint_num_layers,
-        distribute_saved_activations=checkpointing.partition_activations,
+        deepspeed_activation_checkpointing=checkpointing.deepspeed_activation_checkpointing,
         tensor_model_parallel_size=config.parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=config.parallel.pipeline_model_parallel_size,
         sequence_parallel=config.parallel.sequence_parallel,
@@ -70,11 +70,8 @@ def _build_model(config: TrainingConfig, transformer_config: TransformerConfig) 
     if config.parallel.pipeline_engine:
         from megatron.model.gpt_model_pipe import GPTModelPipe
 
-        checkpointing = config.activation_checkpointing
-        interval = checkpointing.checkpoint_num_layers if checkpointing.checkpoint_activations else 0
         return GPTModelPipe(transformer_config,
                             partition_method=config.model.pipeline_partition_method,
-                            activation_checkpoint_interval=interval,
                             causal_mask_only=not config.data.reset_attention_mask)
     from megatron.model.gpt_model import GPTModel
 

@@ -36,6 +36,18 @@ def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None,
                            pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
                            timeout_minutes=parallel.distributed_timeout_minutes,
                            backend=parallel.distributed_backend)
+    checkpointing = config.activation_checkpointing
+    if checkpointing.deepspeed_activation_checkpointing:
+        from megatron.core import parallel_state
+        from megatron.model.recompute import configure_deepspeed_checkpointing
+
+        configure_deepspeed_checkpointing(
+            mpu=parallel_state.get_mpu(), num_layers=config.model.num_layers,
+            partition_activations=checkpointing.partition_activations,
+            contiguous_checkpointing=checkpointing.contigious_checkpointing,
+            checkpoint_in_cpu=checkpointing.checkpoint_in_cpu,
+            synchronize_each_layer=checkpointing.synchronize_each_layer,
+            profile_backward=checkpointing.profile_backward)
     set_random_seeds(config.seed)
     print_rank_0(f"> {parallel_layout_summary(config)}")
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron.core import tensor_parallel
+from megatron.model import recompute
 from megatron.model.fused_softmax import AttnMaskType, FusedScaleMaskSoftmax
 from megatron.model.rotary_pos_embedding import apply_rotary_pos_emb
 from megatron.model.transformer_config import TransformerConfig
@@ -163,6 +164,12 @@ class ParallelAttention(torch.nn.Module):
             # query head i reads key/value head i // queries_per_group
             key = key.repeat_interleave(self.queries_per_group, dim=2)
             value = value.repeat_interleave(self.queries_per_group, dim=2)
-        context = self.core_attention(query, key, value, attention_mask)
+        if recompute.selective_recompute(self.config) and self.training and torch.is_grad_enabled():
+            # Selective recompute: keep q, k, v; the [b, np, s, s] scores and probabilities
+            # are rebuilt in backward under the same dropout RNG.
+            context = recompute.checkpoint_function(self.config)(
+                self.core_attention, query, key, value, attention_mask)
+        else:
+            context = self.core_attention(query, key, value, attention_mask)
         return self.dense(context)
 

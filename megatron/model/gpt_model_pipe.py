@@ -23,6 +23,7 @@ import torch
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 
 from megatron.core import parallel_state
+from megatron.model import recompute
 from megatron.model.fused_layer_norm import LayerNorm, RMSNorm
 from megatron.model.gpt_model import per_token_loss
 from megatron.model.language_model import Embedding, parallel_lm_logits
@@ -67,6 +68,8 @@ class ParallelTransformerLayerPipe(ParallelTransformerLayer):
 
     def __init__(self, config: TransformerConfig, layer_number: int) -> None:
         super().__init__(config, layer_number)
+        self.recompute_self = False
+        """Set by GPTModelPipe for --recompute-method block."""
         self.rotary_pos_emb = (RotaryEmbedding(config.rotary_dim, config.rotary_base)
                                if config.position_embedding_type == "rope" else None)
 
@@ -78,7 +81,12 @@ class ParallelTransformerLayerPipe(ParallelTransformerLayer):
                                             if self.config.sequence_parallel else 1)
             rotary = self.rotary_pos_emb(seq_length, device=hidden.device)
         with sequence_parallel_rng(self.config):
-            hidden = super().forward(hidden, mask, rotary)
+            if self.recompute_self and self.training and torch.is_grad_enabled():
+                # Full-block recompute: this layer is one of the first N of its stage.
+                hidden = recompute.checkpoint_function(self.config)(
+                    super().forward, hidden, mask, rotary)
+            else:
+                hidden = super().forward(hidden, mask, rotary)
         return _join(hidden, mask)
 
 
@@ -175,21 +183,48 @@ class GPTModelPipe(PipelineModule):
     """GPT for DeepSpeed's pipeline engine; stages from `parallel_state.get_topology()`.
 
     partition_method: `parameters` (default), `uniform` or `type:<regex>`
-    (`--pipeline-partition-method`). activation_checkpoint_interval: layers per
-    checkpointed chunk (0 = off). causal_mask_only: ignore the data's attention mask and
-    apply the causal mask in every layer, so no mask travels between stages (what
+    (`--pipeline-partition-method`). causal_mask_only: ignore the data's attention mask
+    and apply the causal mask in every layer, so no mask travels between stages (what
     upstream always did); keep False when masks carry document boundaries
     (`--reset-attention-mask`).
+
+    Activation recompute comes from the config (`megatron.model.recompute`): legacy and
+    full-uniform chunks of N go through DeepSpeed's `activation_checkpoint_interval` (only
+    chunks made purely of transformer layers are recomputed, as upstream), full-block marks
+    the first N transformer layers of this stage, selective works inside each layer.
     """
 
     def __init__(self, config: TransformerConfig, *, partition_method: str = "parameters",
-                 activation_checkpoint_interval: int = 0, causal_mask_only: bool = False) -> None:
+                 causal_mask_only: bool = False) -> None:
         self.config = config
         self.specs = build_specs(config, causal_mask_only=causal_mask_only)
         super().__init__(layers=self.specs, loss_fn=pipe_loss,
                          topology=parallel_state.get_topology(),
                          partition_method=partition_method,
-                         activation_checkpoint_interval=activation_checkpoint_interval)
+                         activation_checkpoint_interval=recompute.full_recompute_chunk_size(config),
+                         activation_checkpoint_func=recompute.checkpoint_function(config))
+        layers = [f for f in self.forward_funcs if isinstance(f, ParallelTransformerLayerPipe)]
+        for layer in layers[:recompute.block_recompute_layers(config)]:
+            layer.recompute_self = True
+        self._check_recompute_covers_layers(layers)
+
+    def _check_recompute_covers_layers(self, layers) -> None:
+        """Chunks that mix a transformer layer with another stage layer are not recomputed by
+        DeepSpeed: say so instead of silently keeping those activations."""
+        interval = self.activation_checkpoint_interval
+        if not interval:
+            return
+        skipped = []
+        for start, checkpointable in zip(range(0, len(self.forward_funcs), interval),
+                                         self.is_checkpointable_results):
+            if not checkpointable:
+                skipped += [f.layer_number for f in self.forward_funcs[start:start + interval]
+                            if isinstance(f, ParallelTransformerLayerPipe)]
+        if skipped:
+            print(f"> warning: pipeline stage {parallel_state.get_pipeline_model_parallel_rank()}:"
+                  f" layers {skipped} share a checkpoint chunk of {interval} with the embedding or"
+                  " final norm and are not recomputed; use --checkpoint-num-layers 1 (or"
+                  " --recompute-num-layers 1) to recompute every layer", flush=True)
 
     def _count_layer_params(self) -> list:
         """Parameters per spec, for `partition_method="parameters"`.

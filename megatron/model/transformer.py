@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron.core import parallel_state, tensor_parallel
+from megatron.model import recompute
 from megatron.model.attention import ParallelAttention
 from megatron.model.fused_layer_norm import build_norm
 from megatron.model.fused_softmax import AttnMaskType
@@ -87,18 +88,14 @@ class ParallelTransformer(torch.nn.Module):
     """This stage's layers (`layers.<local index>`) and, on the last stage, the
     `final_layernorm`.
 
-    Activation checkpointing (`_checkpointed_forward`, recompute) is not implemented
-    yet: configurations asking for it are rejected instead of silently running without.
+    Activation checkpointing (legacy `--checkpoint-activations` and full recompute) runs
+    the layers through `_checkpointed_forward`; see `megatron.model.recompute`.
     """
 
     def __init__(self, config: TransformerConfig, *, pre_process: bool = True,
                  post_process: bool = True,
                  self_attn_mask_type: AttnMaskType = AttnMaskType.causal) -> None:
         super().__init__()
-        if config.checkpoint_activations or config.recompute_granularity is not None:
-            raise ValueError(
-                "activation checkpointing (checkpoint_activations / recompute_granularity, "
-                "--checkpoint-activations / --recompute-granularity) is not supported yet")
         self.config = config
         self.pre_process = pre_process
         self.post_process = post_process
@@ -122,13 +119,38 @@ class ParallelTransformer(torch.nn.Module):
             hidden_states = layer(hidden_states, attention_mask, rotary_pos_emb)
         return hidden_states
 
+    def _checkpointed_forward(self, hidden_states: torch.Tensor,
+                              attention_mask: Optional[torch.Tensor],
+                              rotary_pos_emb: Optional[torch.Tensor]) -> torch.Tensor:
+        """The layers in chunks; checkpointed chunks keep only their input and are rerun
+        in backward (legacy `--checkpoint-activations` and full recompute)."""
+        checkpoint = recompute.checkpoint_function(self.config)
+        for start, end, checkpointed in recompute.layer_chunks(self.config, len(self.layers)):
+            chunk = self._chunk(start, end)
+            if checkpointed:
+                hidden_states = checkpoint(chunk, hidden_states, attention_mask, rotary_pos_emb)
+            else:
+                hidden_states = chunk(hidden_states, attention_mask, rotary_pos_emb)
+        return hidden_states
+
+    def _chunk(self, start: int, end: int):
+        def run(hidden_states, attention_mask, rotary_pos_emb):
+            for layer in self.layers[start:end]:
+                hidden_states = layer(hidden_states, attention_mask, rotary_pos_emb)
+            return hidden_states
+        return run
+
     def forward(self, hidden_states: Optional[torch.Tensor],
                 attention_mask: Optional[torch.Tensor] = None,
                 rotary_pos_emb: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.pre_process:
             hidden_states = self.input_tensor
+        recomputing = (self.training and torch.is_grad_enabled()
+                       and (recompute.full_recompute_chunk_size(self.config)
+                            or recompute.block_recompute_layers(self.config)))
+        run = self._checkpointed_forward if recomputing else self._layers_forward
         with sequence_parallel_rng(self.config):
-            hidden_states = self._layers_forward(hidden_states, attention_mask, rotary_pos_emb)
+            hidden_states = run(hidden_states, attention_mask, rotary_pos_emb)
         if self.post_process:
             hidden_states = self.final_layernorm(hidden_states)
         return hidden_states

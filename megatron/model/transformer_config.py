@@ -149,6 +149,11 @@ class TransformerConfig(ModelParallelConfig):
     """Split checkpointed activations across tensor-parallel ranks
     (`--distribute-saved-activations`)."""
 
+    deepspeed_activation_checkpointing: bool = False
+    """Recompute with `deepspeed.checkpointing.checkpoint` (configured from the flags by
+    `megatron.model.recompute.configure_deepspeed_checkpointing`) instead of the
+    tensor-parallel `checkpoint` (`--deepspeed-activation-checkpointing`)."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check_shape()

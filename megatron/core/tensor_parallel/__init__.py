@@ -27,6 +27,8 @@ from megatron.core.tensor_parallel.random import (
     checkpoint,
     get_cuda_rng_tracker,
     model_parallel_cuda_manual_seed,
+    use_deepspeed_rng_tracker,
+    use_own_rng_tracker,
 )
 from megatron.core.tensor_parallel.utils import (
     VocabUtility,
@@ -47,5 +49,6 @@ __all__ = [
     "reduce_from_tensor_model_parallel_region", "reduce_scatter_to_sequence_parallel_region",
     "scatter_to_sequence_parallel_region", "scatter_to_tensor_model_parallel_region",
     "checkpoint", "get_cuda_rng_tracker", "model_parallel_cuda_manual_seed", "VocabUtility",
+    "use_deepspeed_rng_tracker", "use_own_rng_tracker",
     "divide", "ensure_divisibility", "split_tensor_along_last_dim",
 ]

@@ -99,12 +99,32 @@ class RNGStatesTracker:
             _set_rng_state(original)
 
 
-_RNG_TRACKER = RNGStatesTracker()
+_OWN_RNG_TRACKER = RNGStatesTracker()
+_RNG_TRACKER = _OWN_RNG_TRACKER
 
 
 def get_cuda_rng_tracker() -> RNGStatesTracker:
     """The process-wide tracker (CPU or accelerator generator, see module doc)."""
     return _RNG_TRACKER
+
+
+def use_deepspeed_rng_tracker() -> None:
+    """Make DeepSpeed's tracker the process-wide one (same interface and stream names).
+
+    `deepspeed.checkpointing.checkpoint` saves and restores only its own tracker around a
+    recompute, so with DeepSpeed activation checkpointing every dropout must draw from it.
+    Seed afterwards (`model_parallel_cuda_manual_seed`).
+    """
+    global _RNG_TRACKER
+    from deepspeed.runtime.activation_checkpointing import checkpointing
+
+    _RNG_TRACKER = checkpointing.get_cuda_rng_tracker()
+
+
+def use_own_rng_tracker() -> None:
+    """Undo `use_deepspeed_rng_tracker` (tests that build several models in one process)."""
+    global _RNG_TRACKER
+    _RNG_TRACKER = _OWN_RNG_TRACKER
 
 
 def model_parallel_cuda_manual_seed(seed: int) -> None:
