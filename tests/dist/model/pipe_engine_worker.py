@@ -51,6 +51,35 @@ def micro_batches(document_mask: bool):
     return batches
 
 
+# --recompute choices: TransformerConfig overrides.
+RECOMPUTE = {
+    "none": {},
+    "legacy": dict(checkpoint_activations=True, checkpoint_num_layers=1),
+    "deepspeed": dict(checkpoint_activations=True, checkpoint_num_layers=1,
+                      deepspeed_activation_checkpointing=True),
+    "block": dict(recompute_granularity="full", recompute_method="block", recompute_num_layers=1),
+    "selective": dict(recompute_granularity="selective"),
+}
+
+
+def _count_layer_calls(pipe, *, selective: bool) -> dict:
+    """Forward calls of each transformer layer's attention (layer_number -> count) on this
+    stage (its core attention with selective recompute); filled as the engine runs."""
+    from megatron.model.gpt_model_pipe import ParallelTransformerLayerPipe
+
+    calls = {}
+    for module in pipe.forward_funcs:
+        if isinstance(module, ParallelTransformerLayerPipe):
+            attention = module.self_attention
+            target = attention.core_attention if selective else attention
+            calls[module.layer_number] = 0
+
+            def hook(_module, _inputs, _output, number=module.layer_number):
+                calls[number] += 1
+            target.register_forward_hook(hook)
+    return calls
+
+
 def _rank_main(rank: int, world_size: int, port: int, args: argparse.Namespace) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
@@ -60,15 +89,28 @@ def _rank_main(rank: int, world_size: int, port: int, args: argparse.Namespace) 
                             timeout=datetime.timedelta(seconds=60))
     import deepspeed
 
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state, tensor_parallel
     from megatron.model.gpt_model_pipe import GPTModelPipe
     from tests.dist.model.model_utils import full_tensor, make_config, setup_parallel
     from tests.dist.model.test_gpt_model_pipe import pipe_to_gpt_name
 
     deepspeed.init_distributed(dist_backend="gloo")
-    setup_parallel(args.tp, args.pp)
-    config = make_config(args.variant, tp=args.tp, pp=args.pp)
+    recompute = RECOMPUTE[args.recompute]
+    if recompute.get("deepspeed_activation_checkpointing"):
+        from megatron.model.recompute import configure_deepspeed_checkpointing
+
+        parallel_state.initialize_model_parallel(args.tp, args.pp)
+        configure_deepspeed_checkpointing(
+            mpu=parallel_state.get_mpu(), num_layers=2, partition_activations=args.tp > 1,
+            contiguous_checkpointing=False, checkpoint_in_cpu=False, synchronize_each_layer=False,
+            profile_backward=False)
+        tensor_parallel.model_parallel_cuda_manual_seed(1234)  # seeds DeepSpeed's tracker now
+    else:
+        setup_parallel(args.tp, args.pp)
+    config = make_config(args.variant, tp=args.tp, pp=args.pp, **recompute)
     pipe = GPTModelPipe(config, partition_method=args.partition_method)
+    layer_calls = _count_layer_calls(pipe, selective="recompute_granularity" in recompute
+                                     and recompute["recompute_granularity"] == "selective")
     recorder = GradRecorder(pipe.parameters())
     engine, _, _, _ = deepspeed.initialize(
         model=pipe, optimizer=recorder,
@@ -88,6 +130,7 @@ def _rank_main(rank: int, world_size: int, port: int, args: argparse.Namespace) 
         torch.save({"train_loss": torch.as_tensor(train_loss).detach().clone(),
                     "eval_loss": torch.as_tensor(eval_loss).detach().clone(),
                     "stage": parallel_state.get_pipeline_model_parallel_rank(),
+                    "layer_calls": layer_calls,
                     "grads": grads}, os.path.join(args.out, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
@@ -100,6 +143,7 @@ def main() -> None:
     parser.add_argument("--variant", default="default")
     parser.add_argument("--partition-method", default="parameters")
     parser.add_argument("--document-mask", action="store_true")
+    parser.add_argument("--recompute", choices=sorted(RECOMPUTE), default="none")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     with socket.socket() as sock:

@@ -36,9 +36,9 @@ def reference(variant: str, document_mask: bool):
     return {"loss": loss.detach(), "grads": full_params_and_grads(model)["grads"]}
 
 
-def _run_engine(tmp_path, tp, pp, variant, document_mask):
+def _run_engine(tmp_path, tp, pp, variant, document_mask, recompute="none"):
     cmd = [sys.executable, "-m", "tests.dist.model.pipe_engine_worker", "--tp", str(tp),
-           "--pp", str(pp), "--variant", variant, "--out", str(tmp_path)]
+           "--pp", str(pp), "--variant", variant, "--out", str(tmp_path), "--recompute", recompute]
     if document_mask:
         cmd.append("--document-mask")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -55,14 +55,25 @@ def _run_engine(tmp_path, tp, pp, variant, document_mask):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tp,pp,variant,document_mask", [
-    (1, 2, "default", True),
-    (2, 2, "llama", False),
+@pytest.mark.parametrize("tp,pp,variant,document_mask,recompute", [
+    (1, 2, "default", True, "none"),
+    (2, 2, "llama", False, "none"),
+    # Activation recompute inside the pipeline (dropout off here: same function as GPTModel;
+    # with dropout on, tests/functional/test_recompute_training.py compares whole runs).
+    (1, 2, "default", True, "legacy"),
+    (1, 2, "default", True, "selective"),
+    (2, 2, "default", False, "deepspeed"),
+    (1, 2, "llama", False, "block"),
 ])
-def test_pipeline_engine_matches_gpt_model(tmp_path, tp, pp, variant, document_mask):
+def test_pipeline_engine_matches_gpt_model(tmp_path, tp, pp, variant, document_mask, recompute):
     ref = run_on_ranks(reference, variant, document_mask, world_size=1)[0]
-    results = _run_engine(tmp_path, tp, pp, variant, document_mask)
+    results = _run_engine(tmp_path, tp, pp, variant, document_mask, recompute)
     assert sorted(r["stage"] for r in results) == list(range(pp))
+    # Each layer runs once per micro-batch in train_batch and in eval_batch (2 + 2), plus
+    # once more per training micro-batch when it is recomputed in backward.
+    expected_calls = 4 if recompute == "none" else 6
+    for result in results:
+        assert result["layer_calls"] and set(result["layer_calls"].values()) == {expected_calls}
     grads = {}
     for result in sorted(results, key=lambda r: r["stage"]):
         torch.testing.assert_close(result["train_loss"].float().reshape(()), ref["loss"], rtol=1e-5, atol=1e-6)
