@@ -62,6 +62,15 @@ class TrainingEngine:
     def gradient_accumulation_steps(self) -> int:
         return self.engine.gradient_accumulation_steps()
 
+    @property
+    def global_batch_size(self) -> int:
+        return self.engine.train_batch_size()
+
+    def set_global_batch_size(self, global_batch_size: int) -> None:
+        """Change the global batch (more or fewer micro batches; --rampup-batch-size)."""
+        if global_batch_size != self.global_batch_size:
+            self.engine.set_train_batch_size(global_batch_size)
+
     def _batch(self, data_iterator: Optional[Iterator]) -> Dict[str, torch.Tensor]:
         options = self.batch_options
         return get_batch(data_iterator, eod_token=options.eod_token,

@@ -91,10 +91,20 @@ def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None,
     context = RunContext(config=config, engine=engine, scheduler=scheduler, state=state,
                          iterators=iterators, model_shape=model_shape_of(transformer_config),
                          writer=writer, peak_tflops_per_device=peak_tflops_per_device,
-                         checkpointer=checkpointer)
+                         checkpointer=checkpointer, batch_sizes=_batch_sizes(config))
     context.on_iteration_end.append(
         _save_and_exit_hook(checkpointer, _exit_conditions(config, start_time), config))
     return context
+
+
+def _batch_sizes(config: TrainingConfig):
+    from megatron.microbatches import build_num_microbatches_calculator
+
+    batch = config.batch
+    return build_num_microbatches_calculator(
+        global_batch_size=batch.global_batch_size, micro_batch_size=batch.micro_batch_size,
+        data_parallel_size=config.parallel.data_parallel_size,
+        rampup_batch_size=batch.rampup_batch_size)
 
 
 def fingerprint_of(transformer_config, config: TrainingConfig):

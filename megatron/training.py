@@ -67,6 +67,9 @@ class RunContext:
     """Hooks run after every iteration (checkpointing, exit conditions); True stops the run."""
     last_result: Optional[StepResult] = None
     """The latest iteration's step result (its grad norm and loss scale are logged)."""
+    batch_sizes: Optional["object"] = None
+    """The micro-batch calculator (`megatron.microbatches`): the global batch of the next
+    iteration from the consumed samples (constant, or growing with --rampup-batch-size)."""
     checkpointer: Optional["object"] = None
     """The run's `megatron.checkpointing.Checkpointer` (saves only with --save)."""
     stop_reason: Optional[str] = None
@@ -95,7 +98,7 @@ def _log_iteration(context: RunContext, interval: _Interval) -> None:
     config, state = context.config, context.state
     elapsed = max(time.monotonic() - interval.start_time, 1e-9)
     seconds_per_iteration = elapsed / max(interval.iterations, 1)
-    global_batch = config.batch.global_batch_size
+    global_batch = _current_global_batch_size(context)
     seq_length = config.data.seq_length
     world_size = config.parallel.world_size
     flops = training_flops_per_iteration(context.model_shape, global_batch_size=global_batch,
@@ -136,12 +139,26 @@ def _log_iteration(context: RunContext, interval: _Interval) -> None:
                                       state.iteration)
 
 
+def _current_global_batch_size(context: RunContext) -> int:
+    if context.batch_sizes is None:
+        return context.config.batch.global_batch_size
+    return context.batch_sizes.get_current_global_batch_size()
+
+
 def evaluate(context: RunContext, iterator, *, prefix: str, test: bool = False) -> Optional[float]:
-    """Mean loss over --eval-iters global batches; prints upstream's validation line."""
+    """Mean loss over --eval-iters full global batches; prints upstream's validation line."""
     config = context.config
     if config.schedule.eval_iters <= 0:
         return None
-    losses = [context.engine.eval_step(iterator) for _ in range(config.schedule.eval_iters)]
+    engine = context.engine
+    training_batch = getattr(engine, "global_batch_size", None)
+    if training_batch is not None:
+        engine.set_global_batch_size(config.batch.global_batch_size)
+    try:
+        losses = [engine.eval_step(iterator) for _ in range(config.schedule.eval_iters)]
+    finally:
+        if training_batch is not None:
+            engine.set_global_batch_size(training_batch)
     if not test:
         context.state.consumed_valid_samples += (config.schedule.eval_iters
                                                  * config.batch.global_batch_size)
@@ -171,9 +188,12 @@ def _training_done(context: RunContext) -> bool:
 def train(context: RunContext, *, max_consecutive_nonfinite: int = 10) -> None:
     """Run iterations until a stop condition; evaluate every --eval-interval."""
     config, state = context.config, context.state
-    global_batch = config.batch.global_batch_size
     interval = _Interval()
     while not _training_done(context):
+        if context.batch_sizes is not None:
+            context.batch_sizes.update(state.consumed_train_samples)
+            context.engine.set_global_batch_size(_current_global_batch_size(context))
+        global_batch = _current_global_batch_size(context)
         result = context.engine.train_step(context.iterators.train)
         context.last_result = result
         state.iteration += 1

@@ -12,7 +12,7 @@ import torch
 
 from megatron.core import parallel_state, tensor_parallel
 from megatron.model.gpt_model import GPTModel
-from tests.dist.model.model_utils import full_params_and_grads, make_batch, make_config, setup_parallel
+from tests.dist.model.model_utils import full_params_and_grads, make_batch, make_config
 from tests.harness import run_on_ranks
 
 DROPOUT = dict(hidden_dropout=0.1, attention_dropout=0.1, num_layers=4)
