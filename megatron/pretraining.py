@@ -56,7 +56,8 @@ def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None,
         data.tokenizer_type, vocab_file=data.vocab_file, merge_file=data.merge_file,
         tokenizer_model=data.tokenizer_model, vocab_size=data.vocab_size,
         make_vocab_size_divisible_by=config.model.make_vocab_size_divisible_by,
-        tensor_model_parallel_size=parallel.tensor_model_parallel_size)
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        trust_remote_code=data.trust_remote_code)
     print_rank_0(f"> tokenizer {data.tokenizer_type}: vocab {tokenizer.vocab_size}, "
                  f"padded to {tokenizer.padded_vocab_size}")
 

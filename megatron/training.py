@@ -122,21 +122,52 @@ def _log_iteration(context: RunContext, interval: _Interval) -> None:
         mfu=(tflops_per_device / context.peak_tflops_per_device
              if context.peak_tflops_per_device else None))
     print_rank_last(format_iteration_line(report))
-    if context.writer is not None and report.lm_loss is not None:
-        context.writer.add_scalar("lm-loss-training/lm loss", report.lm_loss, state.iteration)
-        context.writer.add_scalar("lm-loss-training/lm loss vs samples", report.lm_loss,
-                                  state.consumed_train_samples)
-        context.writer.add_scalar("lm-loss-training/lm loss vs tokens", report.lm_loss,
-                                  state.consumed_train_tokens)
-        context.writer.add_scalar("learning-rate/learning-rate", report.learning_rate,
-                                  state.iteration)
-        if config.logging.log_batch_size_to_tensorboard:
-            context.writer.add_scalar("batch-size/batch-size", global_batch, state.iteration)
-        if report.grad_norm is not None:
-            context.writer.add_scalar("grad-norm/grad-norm", report.grad_norm, state.iteration)
-        if config.logging.log_timers_to_tensorboard:
-            context.writer.add_scalar("iteration-time/iteration-time", seconds_per_iteration,
-                                      state.iteration)
+
+
+def _write_tensorboard(context: RunContext, *, loss: float, global_batch: int,
+                       seconds: float) -> None:
+    """Upstream's scalars for one iteration (every --tensorboard-log-interval iterations).
+
+    Optimizer-state norms are reduced over ranks, so every rank takes part; only the rank
+    holding the writer writes.
+    """
+    config, state = context.config, context.state
+    logging = config.logging
+    step = state.iteration
+    scalars = {}
+    if math.isfinite(loss):
+        scalars["lm-loss-training/lm loss"] = (loss, step)
+        scalars["lm-loss-training/lm loss vs samples"] = (loss, state.consumed_train_samples)
+        scalars["lm-loss-training/lm loss vs tokens"] = (loss, state.consumed_train_tokens)
+    if logging.log_learning_rate_to_tensorboard:
+        scalars["learning-rate/learning-rate"] = (context.scheduler.get_lr(), step)
+    result = context.last_result
+    if logging.log_loss_scale_to_tensorboard and result is not None and result.loss_scale is not None:
+        scalars["loss-scale/loss-scale"] = (result.loss_scale, step)
+    if result is not None and result.grad_norm is not None:
+        scalars["grad-norm/grad-norm"] = (result.grad_norm, step)
+    if logging.log_batch_size_to_tensorboard:
+        scalars["batch-size/batch-size"] = (global_batch, step)
+    if logging.log_timers_to_tensorboard:
+        scalars["iteration-time/iteration-time"] = (seconds, step)
+    if logging.log_world_size_to_tensorboard:
+        scalars["world-size/world-size"] = (config.parallel.world_size, step)
+    if logging.log_memory_to_tensorboard:
+        from deepspeed.accelerator import get_accelerator
+
+        accelerator = get_accelerator()
+        scalars["mem-reserved-bytes"] = (accelerator.memory_reserved(), step)
+        scalars["mem-allocated-bytes"] = (accelerator.memory_allocated(), step)
+        scalars["mem-max-allocated-bytes"] = (accelerator.max_memory_allocated(), step)
+    if logging.log_optimizer_states_to_tensorboard:
+        from megatron.optimizer_stats import optimizer_state_norms
+
+        norms = optimizer_state_norms(context.engine.engine.optimizer,
+                                      zero_partitioned=config.parallel.zero_stage >= 1)
+        scalars.update({tag: (value, step) for tag, value in norms.items()})
+    if context.writer is not None:
+        for tag, (value, at) in scalars.items():
+            context.writer.add_scalar(tag, value, at)
 
 
 def _current_global_batch_size(context: RunContext) -> int:
@@ -194,6 +225,7 @@ def train(context: RunContext, *, max_consecutive_nonfinite: int = 10) -> None:
             context.batch_sizes.update(state.consumed_train_samples)
             context.engine.set_global_batch_size(_current_global_batch_size(context))
         global_batch = _current_global_batch_size(context)
+        iteration_start = time.monotonic()
         result = context.engine.train_step(context.iterators.train)
         context.last_result = result
         state.iteration += 1
@@ -216,6 +248,10 @@ def train(context: RunContext, *, max_consecutive_nonfinite: int = 10) -> None:
                     f"the loss was non-finite for {state.consecutive_nan_iterations} consecutive "
                     f"iterations (up to iteration {state.iteration}); stopping. Lower --lr, check "
                     f"the data, or use --bf16 instead of --fp16")
+        if (config.logging.tensorboard_dir
+                and state.iteration % config.logging.tensorboard_log_interval == 0):
+            _write_tensorboard(context, loss=result.loss, global_batch=global_batch,
+                               seconds=time.monotonic() - iteration_start)
         if state.iteration % config.logging.log_interval == 0:
             _log_iteration(context, interval)
             interval = _Interval()

@@ -21,7 +21,7 @@ def _eos_from_config(directory: str) -> Optional[str]:
     return eos
 
 
-def _fast_tokenizer_from_directory(path: str):
+def _fast_tokenizer_from_directory(path: str, trust_remote_code: bool = False):
     """A local directory without tokenizer.json (e.g. vocab + merges): let transformers
     convert it, offline; transformers is optional."""
     try:
@@ -31,7 +31,8 @@ def _fast_tokenizer_from_directory(path: str):
                                 "converting other files needs the optional transformers "
                                 "package") from error
     try:
-        loaded = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
+        loaded = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True,
+                                               trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise FileNotFoundError(f"--tokenizer-model {path}: no usable tokenizer files "
                                 f"({error})") from error
@@ -41,14 +42,16 @@ def _fast_tokenizer_from_directory(path: str):
 class HFTokenizer(AbstractTokenizer):
     """Wraps `tokenizers.Tokenizer`; EOD is the configured EOS token or a common one."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, trust_remote_code: bool = False) -> None:
+        """trust_remote_code (`--trust-remote-code`): let transformers run the tokenizer code
+        a local directory ships, when it has no tokenizer.json."""
         from tokenizers import Tokenizer
 
         file_path = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
         if os.path.isfile(file_path):
             self.tokenizer = Tokenizer.from_file(file_path)
         elif os.path.isdir(path):
-            self.tokenizer = _fast_tokenizer_from_directory(path)
+            self.tokenizer = _fast_tokenizer_from_directory(path, trust_remote_code)
         else:
             raise FileNotFoundError(f"--tokenizer-model {path}: no tokenizer.json found "
                                     "(HFTokenizer reads local files only)")

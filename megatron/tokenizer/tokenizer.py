@@ -61,7 +61,7 @@ def build_tokenizer(tokenizer_type: str, *, vocab_file: Optional[str] = None,
                     merge_file: Optional[str] = None, tokenizer_model: Optional[str] = None,
                     vocab_size: Optional[int] = None, make_vocab_size_divisible_by: int = 128,
                     tensor_model_parallel_size: int = 1,
-                    vocab_extra_ids: int = 0) -> AbstractTokenizer:
+                    vocab_extra_ids: int = 0, trust_remote_code: bool = False) -> AbstractTokenizer:
     """Build the tokenizer named by `--tokenizer-type` and set its `padded_vocab_size`."""
     if tokenizer_type == "GPT2BPETokenizer":
         from megatron.tokenizer.gpt2_bpe import GPT2BPETokenizer
@@ -80,7 +80,8 @@ def build_tokenizer(tokenizer_type: str, *, vocab_file: Optional[str] = None,
     elif tokenizer_type == "HFTokenizer":
         from megatron.tokenizer.hf_tokenizer import HFTokenizer
 
-        tokenizer = HFTokenizer(str(_require(tokenizer_model, "--tokenizer-model", tokenizer_type)))
+        tokenizer = HFTokenizer(str(_require(tokenizer_model, "--tokenizer-model", tokenizer_type)),
+                                trust_remote_code=trust_remote_code)
     elif tokenizer_type == "NullTokenizer":
         tokenizer = NullTokenizer(int(_require(vocab_size, "--vocab-size", tokenizer_type)))
     else:
