@@ -17,11 +17,13 @@ def _any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is True on at least one."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return flag
+    # Through deepspeed.comm, like every other collective of a step (see megatron/nonfinite.py).
+    import deepspeed.comm as ds_dist
     from deepspeed.accelerator import get_accelerator
 
-    device = "cpu" if dist.get_backend() == "gloo" else get_accelerator().current_device_name()
-    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32,
+                         device=get_accelerator().current_device_name())
+    ds_dist.all_reduce(value, op=ds_dist.ReduceOp.MAX)
     return bool(value.item())
 
 

@@ -15,9 +15,12 @@ import torch.distributed as dist
 _NAMES = ("momentum", "variance", "variance_sqrt", "weight")
 
 
-def _reduce(tensor: torch.Tensor, op, group) -> None:
+def _reduce(tensor: torch.Tensor, op: str, group) -> None:
+    # Through deepspeed.comm, like every other collective of a step (see megatron/nonfinite.py).
     if dist.is_initialized() and dist.get_world_size(group) > 1:
-        dist.all_reduce(tensor, op=op, group=group)
+        import deepspeed.comm as ds_dist
+
+        ds_dist.all_reduce(tensor, op=getattr(ds_dist.ReduceOp, op), group=group)
 
 
 def optimizer_state_norms(optimizer, *, zero_partitioned: bool) -> Dict[str, float]:
@@ -27,8 +30,7 @@ def optimizer_state_norms(optimizer, *, zero_partitioned: bool) -> Dict[str, flo
     from megatron.core import parallel_state
 
     base = getattr(optimizer, "optimizer", optimizer)  # DeepSpeed wraps the torch optimizer
-    device = "cpu" if not dist.is_initialized() or dist.get_backend() == "gloo" else \
-        get_accelerator().current_device_name()
+    device = get_accelerator().current_device_name()
     squares = torch.zeros(len(_NAMES), dtype=torch.float64, device=device)
     maxima = torch.zeros(len(_NAMES), dtype=torch.float64, device=device)
     for group in base.param_groups:
@@ -43,10 +45,10 @@ def optimizer_state_norms(optimizer, *, zero_partitioned: bool) -> Dict[str, flo
                 squares[index] += tensor.pow(2).sum().to(device)
                 maxima[index] = torch.maximum(maxima[index], tensor.abs().max().to(device))
     if zero_partitioned:
-        _reduce(squares, dist.ReduceOp.SUM, parallel_state.get_data_parallel_group())
-        _reduce(maxima, dist.ReduceOp.MAX, parallel_state.get_data_parallel_group())
-    _reduce(squares, dist.ReduceOp.SUM, parallel_state.get_model_parallel_group())
-    _reduce(maxima, dist.ReduceOp.MAX, parallel_state.get_model_parallel_group())
+        _reduce(squares, "SUM", parallel_state.get_data_parallel_group())
+        _reduce(maxima, "MAX", parallel_state.get_data_parallel_group())
+    _reduce(squares, "SUM", parallel_state.get_model_parallel_group())
+    _reduce(maxima, "MAX", parallel_state.get_model_parallel_group())
     stats = {}
     for index, name in enumerate(_NAMES):
         stats[f"optimizer/{name}_l2"] = math.sqrt(float(squares[index]))

@@ -28,7 +28,7 @@ def reference_losses(dataset):
 
 
 LAYOUTS = {
-    "tp2": (2, ["--tensor-model-parallel-size", "2", "--no-pipeline-parallel"], "torchrun"),
+    "tp2": (2, ["--tensor-model-parallel-size", "2", "--no-pipeline-parallel"], "deepspeed"),
     "tp2-sequence-parallel": (2, ["--tensor-model-parallel-size", "2", "--sequence-parallel",
                                   "--no-pipeline-parallel"], "torchrun"),
     "pp2": (2, ["--pipeline-model-parallel-size", "2"], "deepspeed"),
