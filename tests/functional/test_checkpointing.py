@@ -283,3 +283,19 @@ def test_exit_duration_stops_and_saves(dataset, tmp_path):
     last = max(losses_by_iteration(output))
     assert last < 500
     assert (directory / "latest").read_text() == f"global_step{last}"
+
+
+def test_no_save_optim_and_no_save_rng(dataset, tmp_path):
+    directory = tmp_path / "lean"
+    run_pretrain(_args(dataset, "--no-pipeline-parallel", "--save", str(directory), "--save-interval",
+                       str(N), "--exit-interval", str(N), "--no-save-optim", "--no-save-rng"))
+    step = directory / f"global_step{N}"
+    names = sorted(p.name for p in step.iterdir())
+    assert not [name for name in names if "optim_states" in name], names
+    assert not [name for name in names if name.startswith("rng_state")], names
+    code, output = _run_failing(_args(dataset, "--no-pipeline-parallel", "--load", str(directory)))
+    assert "saved with --no-save-optim; pass --no-load-optim or --finetune" in output
+    resumed = run_pretrain(_args(dataset, "--no-pipeline-parallel", "--load", str(directory),
+                                 "--no-load-optim"))
+    assert "has no random states for this layout" in resumed
+    assert min(losses_by_iteration(resumed)) == N + 1
