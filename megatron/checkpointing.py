@@ -433,6 +433,9 @@ class Checkpointer:
             return self.loaded
         tag = self._resolve_tag(load_dir)
         if tag is None:
+            if config.exit_on_missing_checkpoint:
+                raise CheckpointError(f"--load {load_dir}: no checkpoint found (no {LATEST_FILE} or "
+                                      f"{TRACKER_FILE} file) and --exit-on-missing-checkpoint is set")
             _print_rank_0(f"> no checkpoint found in --load {load_dir} (no {LATEST_FILE} file); "
                           "starting from scratch")
             return self.loaded

@@ -251,6 +251,8 @@ class CheckpointConfig:
     """--no-load-rng."""
     finetune: bool
     """--finetune."""
+    exit_on_missing_checkpoint: bool = False
+    """--exit-on-missing-checkpoint: --load finding no checkpoint is an error."""
 
 
 @dataclass(frozen=True)

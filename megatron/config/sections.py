@@ -279,10 +279,13 @@ def build_checkpoint_config(args: argparse.Namespace) -> CheckpointConfig:
     _positive(args.save_interval, "--save-interval")
     if args.load_tag is not None and args.load is None:
         raise ValueError("--load-tag needs --load")
+    if args.exit_on_missing_checkpoint and args.load is None:
+        raise ValueError("--exit-on-missing-checkpoint needs --load")
     return CheckpointConfig(
         save=args.save, save_interval=args.save_interval, load=args.load, load_tag=args.load_tag,
         no_save_optim=bool(args.no_save_optim), no_save_rng=bool(args.no_save_rng),
-        no_load_optim=bool(args.no_load_optim), no_load_rng=bool(args.no_load_rng), finetune=args.finetune)
+        no_load_optim=bool(args.no_load_optim), no_load_rng=bool(args.no_load_rng), finetune=args.finetune,
+        exit_on_missing_checkpoint=args.exit_on_missing_checkpoint)
 
 
 _TENSORBOARD_SWITCHES = (

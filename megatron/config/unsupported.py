@@ -118,7 +118,6 @@ UNSUPPORTED_FLAGS: Tuple[UnsupportedFlag, ...] = (
     _u("--no-load-lr-state", "no_load_lr_state", False, "use --override-opt_param-scheduler"),
     _u("--no-initialization", "perform_initialization", True, "weights are always initialized before loading"),
     _u("--use-checkpoint-args", "use_checkpoint_args", False, "give the model flags explicitly"),
-    _u("--exit-on-missing-checkpoint", "exit_on_missing_checkpoint", False, "not implemented"),
     # Data.
     _u("--aml-data-download-path", "aml_data_download_path", None, "prefix --data-path yourself"),
     _u("--mmap-warmup", "mmap_warmup", False, "not implemented"),

@@ -299,3 +299,12 @@ def test_no_save_optim_and_no_save_rng(dataset, tmp_path):
                                  "--no-load-optim"))
     assert "has no random states for this layout" in resumed
     assert min(losses_by_iteration(resumed)) == N + 1
+
+
+def test_missing_checkpoint_starts_afresh_or_fails_when_asked(dataset, tmp_path):
+    empty = tmp_path / "empty"
+    output = run_pretrain(_args(dataset, "--no-pipeline-parallel", "--load", str(empty)))
+    assert "no checkpoint found" in output and min(losses_by_iteration(output)) == 1
+    code, output = _run_failing(_args(dataset, "--no-pipeline-parallel", "--load", str(empty),
+                                      "--exit-on-missing-checkpoint"))
+    assert code == 1 and "no checkpoint found" in output and "--exit-on-missing-checkpoint" in output

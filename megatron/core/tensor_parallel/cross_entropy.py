@@ -18,7 +18,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         rank = parallel_state.get_tensor_model_parallel_rank()
         logits = vocab_parallel_logits.float()
 
-        logits_max = logits.max(dim=-1)[0]
+        logits_max = torch.amax(logits, dim=-1)
         if world_size > 1:
             dist.all_reduce(logits_max, op=dist.ReduceOp.MAX, group=group)
         logits = logits - logits_max.unsqueeze(-1)
@@ -31,7 +31,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         predicted = torch.gather(logits, -1, local_target.unsqueeze(-1)).squeeze(-1)
         predicted = predicted.masked_fill(outside, 0.0)
 
-        exp_logits = logits.exp()
+        sum_logits = logits.sum(dim=-1) if label_smoothing > 0.0 else None
+        # `logits` is this function's own shifted copy: exponentiate it in place.
+        exp_logits = logits.exp_()
         sum_exp = exp_logits.sum(dim=-1)
         if world_size > 1:
             dist.all_reduce(predicted, group=group)
@@ -47,7 +49,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             # label_smoothing / (V - 1) on every other token, i.e.
             # (1 - s) * one_hot + s / V with s = label_smoothing * V / (V - 1).
             smoothing = label_smoothing * vocab_size / (vocab_size - 1)
-            sum_log_probs = (logits.sum(dim=-1) - partition_vocab_size * log_sum_exp)
+            sum_log_probs = (sum_logits - partition_vocab_size * log_sum_exp)
             if world_size > 1:
                 dist.all_reduce(sum_log_probs, group=group)
             loss = (1.0 - smoothing) * loss - smoothing * sum_log_probs / vocab_size
@@ -60,7 +62,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         softmax, outside, local_target = ctx.saved_tensors
-        grad = softmax.clone()
+        # Turn the saved softmax into the gradient in place (as upstream), saving a copy of
+        # the [tokens, vocab] tensor; a second backward with retain_graph=True is not supported.
+        grad = softmax
         on_target = (~outside).to(grad.dtype) * (1.0 - ctx.smoothing)
         grad.scatter_add_(-1, local_target.unsqueeze(-1), -on_target.unsqueeze(-1))
         if ctx.smoothing > 0.0:
