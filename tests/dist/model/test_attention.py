@@ -1,12 +1,11 @@
 """Attention pieces on one rank: the QKV layout, both core-attention paths against a
-float64 reference (with GQA and masks), and rejected checkpointing settings."""
+float64 reference (with GQA and masks)."""
 import math
 
 import pytest
 import torch
 
 from megatron.model.attention import CoreAttention, ParallelAttention
-from megatron.model.transformer import ParallelTransformer
 from tests.dist.model.model_utils import make_config, setup_parallel
 from tests.harness import run_on_ranks
 
@@ -73,19 +72,3 @@ def core_attention_outputs(use_flash_attn, with_mask):
 def test_core_attention_matches_float64_reference(use_flash_attn, with_mask):
     out, ref = run_on_ranks(core_attention_outputs, use_flash_attn, with_mask, world_size=1)[0]
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-
-
-def build_transformer_error(**overrides):
-    setup_parallel(1)
-    try:
-        ParallelTransformer(make_config(**overrides))
-    except ValueError as err:
-        return str(err)
-    return None
-
-
-@pytest.mark.parametrize("overrides", [dict(checkpoint_activations=True),
-                                       dict(recompute_granularity="selective")])
-def test_checkpointing_not_silently_ignored(overrides):
-    message = run_on_ranks(build_transformer_error, world_size=1, **overrides)[0]
-    assert message is not None and "not supported yet" in message
