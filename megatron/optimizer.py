@@ -45,12 +45,14 @@ def get_param_groups(model_or_modules: Union[torch.nn.Module, Sequence[torch.nn.
 
 
 def _fused_supported(device_type: str) -> bool:
-    return device_type == "cuda" and torch.cuda.is_available()
+    # torch has fused AdamW kernels for CUDA and for the CPU (about 6x the per-tensor loop on
+    # a CPU, where the optimizer step otherwise dominates a 125M-parameter iteration).
+    return device_type == "cpu" or (device_type == "cuda" and torch.cuda.is_available())
 
 
 def build_optimizer(param_groups: Iterable[ParamGroup], optimizer_config: OptimizerConfig, *,
                     device_type: str) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA) or SGD with the configured hyper-parameters.
+    """AdamW (fused on CUDA and CPU) or SGD with the configured hyper-parameters.
 
     `device_type` is the accelerator's device name ("cpu", "cuda", ...). Gradient clipping is
     DeepSpeed's job (`gradient_clipping` in the DeepSpeed config), not the optimizer's.

@@ -70,7 +70,7 @@ def test_adamw_one_step_matches_hand_computation():
     assert not torch.allclose(expected_w, l2_w)
 
 
-def test_sgd_one_step_and_cpu_is_not_fused():
+def test_sgd_one_step_and_adamw_is_fused_on_cpu():
     weight = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
     opt = build_optimizer([{"params": [weight]}], config(optimizer="sgd", weight_decay=0.1), device_type="cpu")
     assert isinstance(opt, torch.optim.SGD)
@@ -79,7 +79,7 @@ def test_sgd_one_step_and_cpu_is_not_fused():
     torch.testing.assert_close(weight.detach(), torch.tensor([1.0 - 0.1 * (0.5 + 0.1),
                                                               -1.0 - 0.1 * (0.5 - 0.1)]))
     adam = build_optimizer([{"params": [weight]}], config(), device_type="cpu")
-    assert not adam.defaults.get("fused")
+    assert adam.defaults.get("fused")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
