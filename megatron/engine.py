@@ -14,6 +14,7 @@ import torch.distributed as dist
 from megatron.batch import get_batch, masked_mean_loss
 from megatron.core import parallel_state
 from megatron.nonfinite import NonFiniteStepGuard
+from megatron.timers import Timers
 
 
 @dataclass
@@ -42,9 +43,11 @@ class TrainingEngine:
     """A DeepSpeed engine plus the step logic for its kind."""
 
     def __init__(self, model: torch.nn.Module, *, optimizer: torch.optim.Optimizer,
-                 ds_config: Dict[str, Any], pipeline: bool, batch_options: BatchOptions) -> None:
+                 ds_config: Dict[str, Any], pipeline: bool, batch_options: BatchOptions,
+                 timers: Optional[Timers] = None) -> None:
         import deepspeed
 
+        self.timers = timers or Timers(log_level=0, log_option="minmax", barrier_with_level_1=False)
         self.pipeline = pipeline
         self.batch_options = batch_options
         self.guard = NonFiniteStepGuard(optimizer)
@@ -100,14 +103,25 @@ class TrainingEngine:
         return value.item()
 
     def train_step(self, data_iterator: Optional[Iterator]) -> StepResult:
+        timers = self.timers
         if self.pipeline:
+            timers("forward-backward", 1).start(barrier=True)
             loss = self.engine.train_batch(data_iter=data_iterator).item()
+            timers("forward-backward", 1).stop()
         else:
             losses = []
             for _ in range(self.gradient_accumulation_steps):
+                timers("forward-backward", 1).start(barrier=True)
+                timers("forward-compute", 2).start()
                 micro_loss = self._forward_loss(data_iterator)
+                timers("forward-compute", 2).stop()
+                timers("backward-compute", 2).start()
                 self.engine.backward(micro_loss)
+                timers("backward-compute", 2).stop()
+                timers("forward-backward", 1).stop()
+                timers("optimizer", 1).start()
                 self.engine.step()
+                timers("optimizer", 1).stop()
                 losses.append(micro_loss.detach())
             loss = self._average_over_data_parallel(torch.stack(losses).mean())
         skipped = self.guard.last_step_skipped or not self.engine.was_step_applied()

@@ -27,6 +27,7 @@ def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None,
     from megatron.model_builder import build_model, build_transformer_config
     from megatron.optimizer import build_optimizer, get_param_groups
     from megatron.optimizer_param_scheduler import OptimizerParamScheduler
+    from megatron.timers import Timers
     from megatron.tokenizer import build_tokenizer
     from megatron.training_log import TensorboardWriter
 
@@ -72,7 +73,10 @@ def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None,
         batch_options=BatchOptions(eod_token=tokenizer.eod,
                                    reset_position_ids=data.reset_position_ids,
                                    reset_attention_mask=data.reset_attention_mask,
-                                   eod_mask_loss=data.eod_mask_loss))
+                                   eod_mask_loss=data.eod_mask_loss),
+        timers=Timers(log_level=config.logging.timing_log_level,
+                      log_option=config.logging.timing_log_option,
+                      barrier_with_level_1=config.logging.barrier_with_L1_time))
     state = TrainState()
     writer = None
     if config.logging.tensorboard_dir:

@@ -254,6 +254,10 @@ def train(context: RunContext, *, max_consecutive_nonfinite: int = 10) -> None:
                                seconds=time.monotonic() - iteration_start)
         if state.iteration % config.logging.log_interval == 0:
             _log_iteration(context, interval)
+            timers = getattr(context.engine, "timers", None)
+            report = timers.report(normalizer=interval.iterations) if timers is not None else None
+            if report is not None:
+                print_rank_last(report)
             interval = _Interval()
         if (config.schedule.eval_interval and state.iteration % config.schedule.eval_interval == 0
                 and context.iterators.has_valid):
