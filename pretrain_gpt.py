@@ -6,29 +6,20 @@
 
 Flags are Megatron-DeepSpeed's; `--help` lists them.
 """
-import argparse
 import os
 import sys
 from typing import List, Optional
 
 
-def _extra_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    group = parser.add_argument_group("run safety and reporting (this project)")
-    group.add_argument("--max-consecutive-nonfinite-iterations", type=int, default=10,
-                       help="Stop the run after this many consecutive iterations whose loss is "
-                            "NaN/Inf (their updates are skipped). Default 10.")
-    group.add_argument("--peak-tflops-per-device", type=float, default=None,
-                       help="Peak TFLOP/s of one device for the MFU column of the log "
-                            "(e.g. 989 for an H100 in bf16). Without it no MFU is printed.")
-    return parser
+def main(argv: Optional[List[str]] = None, *, save_hooks=None) -> int:
+    """Parse, validate, build and run; 0 on success, 2 for bad flags, 1 for a failed run.
 
-
-def main(argv: Optional[List[str]] = None) -> int:
+    `save_hooks` (a `megatron.checkpointing.SaveHooks`) is the fault-injection seam of tests.
+    """
     from megatron.arguments import parse_args
     from megatron.config.build import build_config
 
-    args = parse_args(argv, extra_args_provider=_extra_flags,
-                      defaults={"tokenizer_type": "GPT2BPETokenizer"})
+    args = parse_args(argv, defaults={"tokenizer_type": "GPT2BPETokenizer"})
     from deepspeed.accelerator import get_accelerator
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -38,19 +29,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"pretrain_gpt.py: error: {error}", file=sys.stderr)
         return 2
-    if args.max_consecutive_nonfinite_iterations < 1:
-        print("pretrain_gpt.py: error: --max-consecutive-nonfinite-iterations must be >= 1",
-              file=sys.stderr)
-        return 2
 
-    from megatron.pretraining import build_run, run
     from megatron.checkpointing import CheckpointError
-    from megatron.training import TrainingError
+    from megatron.training import TrainingError, build_run, run
 
     try:
-        context = build_run(config, peak_tflops_per_device=args.peak_tflops_per_device,
-                            args=args)
-        run(context, max_consecutive_nonfinite=args.max_consecutive_nonfinite_iterations)
+        run(build_run(config, args=args, save_hooks=save_hooks))
     except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as error:
         print(f"pretrain_gpt.py: error: {error}", file=sys.stderr, flush=True)
         return 1

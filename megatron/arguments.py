@@ -425,9 +425,20 @@ def _transformer_engine_and_profiler(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--profile-ranks", type=int, nargs="+", default=None, help="Profiled ranks.")
 
 
+def _run_safety_and_reporting(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("run safety and reporting (this project)")
+    g.add_argument("--max-consecutive-nonfinite-iterations", type=int, default=10,
+                   help="Stop the run after this many consecutive iterations whose loss is NaN/Inf "
+                        "(their updates are skipped).")
+    g.add_argument("--peak-tflops-per-device", type=float, default=None,
+                   help="Peak TFLOP/s of one device for the MFU column of the log (e.g. 989 for an "
+                        "H100 in bf16). Without it no MFU is printed.")
+
+
 _GROUPS = (_network_size, _regularization, _training, _initialization, _learning_rate, _checkpointing,
            _mixed_precision, _distributed, _validation, _data, _autoresume, _logging, _zero,
-           _memory_optimizations, _activation_checkpointing, _transformer_engine_and_profiler)
+           _memory_optimizations, _activation_checkpointing, _transformer_engine_and_profiler,
+           _run_safety_and_reporting)
 
 
 def build_parser(extra_args_provider: Optional[_ExtraArgsProvider] = None) -> argparse.ArgumentParser:

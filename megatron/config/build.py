@@ -7,9 +7,9 @@ from typing import FrozenSet, Optional, Tuple
 from megatron.config.deepspeed_json import load_deepspeed_json, reconcile_deepspeed_config
 from megatron.config.schema import (BatchConfig, OptimizerConfig, ParallelConfig, PrecisionConfig,
                                     TrainingConfig)
+from megatron.config.model import build_model_config
 from megatron.config.sections import (build_activation_checkpoint_config, build_checkpoint_config,
-                                      build_data_config, build_logging_config, build_model_config,
-                                      build_schedule_config)
+                                      build_data_config, build_logging_config, build_schedule_config)
 from megatron.config.unsupported import check_unsupported_flags
 
 _REMOVED = (("batch_size", "--batch-size", "--micro-batch-size"),
@@ -119,7 +119,13 @@ def build_config(args: argparse.Namespace, *, world_size: int, accelerator_name:
                          f"work with DeepSpeed's pipeline engine (--pipeline-model-parallel-size {pp}); use ZeRO "
                          "stage 0 or 1, or --no-pipeline-parallel with --pipeline-model-parallel-size 1")
     rampup = _rampup(args)
-    model = build_model_config(args, tensor_model_parallel_size=tp)
+    precision = PrecisionConfig(
+        dtype=merged.dtype, loss_scale=merged.loss_scale, initial_loss_scale=merged.initial_loss_scale,
+        min_loss_scale=merged.min_loss_scale, loss_scale_window=merged.loss_scale_window,
+        hysteresis=merged.hysteresis, accumulate_allreduce_grads_in_fp32=(
+            args.accumulate_allreduce_grads_in_fp32 or merged.dtype == "bf16"))
+    model = build_model_config(args, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                               params_dtype=precision.params_dtype)
     schedule = build_schedule_config(args, global_batch_size=merged.global_batch_size,
                                      micro_batch_size=merged.micro_batch_size, data_parallel_size=dp,
                                      rampup=rampup)
@@ -132,15 +138,11 @@ def build_config(args: argparse.Namespace, *, world_size: int, accelerator_name:
         data_parallel_size=dp, sequence_parallel=args.sequence_parallel,
         pipeline_engine=not args.no_pipeline_parallel, zero_stage=merged.zero_stage,
         distributed_backend=_backend(args, explicit, accelerator_name),
-        distributed_timeout_minutes=args.distributed_timeout_minutes, local_rank=args.local_rank)
+        distributed_timeout_minutes=args.distributed_timeout_minutes, local_rank=args.local_rank,
+        pipeline_partition_method=args.pipeline_partition_method)
     batch = BatchConfig(micro_batch_size=merged.micro_batch_size, global_batch_size=merged.global_batch_size,
                         data_parallel_size=dp, gradient_accumulation_steps=merged.gradient_accumulation_steps,
                         rampup_batch_size=rampup)
-    precision = PrecisionConfig(
-        dtype=merged.dtype, loss_scale=merged.loss_scale, initial_loss_scale=merged.initial_loss_scale,
-        min_loss_scale=merged.min_loss_scale, loss_scale_window=merged.loss_scale_window,
-        hysteresis=merged.hysteresis, accumulate_allreduce_grads_in_fp32=(
-            args.accumulate_allreduce_grads_in_fp32 or merged.dtype == "bf16"))
     return TrainingConfig(
         model=model, parallel=parallel, batch=batch, schedule=schedule,
         optimizer=_optimizer_config(args, merged.clip_grad), precision=precision,

@@ -5,85 +5,15 @@ resolved, derived sizes computed, the DeepSpeed JSON reconciled.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from megatron.model.transformer_config import TransformerConfig
+
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Shape and numerics of the GPT model."""
-
-    num_layers: int
-    """--num-layers (or --encoder-num-layers)."""
-    hidden_size: int
-    """--hidden-size."""
-    ffn_hidden_size: int
-    """--ffn-hidden-size; default 4*hidden, or int(8*hidden/3/64)*64 with --swiglu."""
-    num_attention_heads: int
-    """--num-attention-heads."""
-    num_key_value_heads: int
-    """--num-key-value-heads; default num_attention_heads (no GQA)."""
-    kv_channels: int
-    """--kv-channels; default hidden_size // num_attention_heads."""
-    max_position_embeddings: int
-    """--max-position-embeddings."""
-    seq_length: int
-    """--seq-length (or --encoder-seq-length)."""
-    make_vocab_size_divisible_by: int
-    """--make-vocab-size-divisible-by (times TP gives the padding multiple)."""
-    layernorm_epsilon: float
-    """--layernorm-epsilon."""
-    normalization: str
-    """--normalization: layernorm | rmsnorm."""
-    activation: str
-    """gelu (default), or swiglu with --swiglu."""
-    openai_gelu: bool
-    """--openai-gelu: tanh-approximated GeLU."""
-    add_bias_linear: bool
-    """False with --disable-bias-linear."""
-    position_embedding_type: str
-    """learned_absolute, rope (--use-rotary-position-embeddings) or none (--no-position-embedding)."""
-    rotary_percent: float
-    """--rotary-percent."""
-    rope_theta: int
-    """--rotary-position-embeddings-theta."""
-    untie_embeddings_and_output_weights: bool
-    """--untie-embeddings-and-output-weights."""
-    hidden_dropout: float
-    """--hidden-dropout."""
-    attention_dropout: float
-    """--attention-dropout."""
-    init_method_std: float
-    """--init-method-std (output layers are scaled by 1/sqrt(2*num_layers))."""
-    apply_query_key_layer_scaling: bool
-    """False with --no-query-key-layer-scaling."""
-    attention_softmax_in_fp32: bool
-    """--attention-softmax-in-fp32."""
-    fp32_residual_connection: bool
-    """--fp32-residual-connection."""
-    use_cpu_initialization: bool
-    """--use-cpu-initialization: layout-independent init on CPU."""
-    masked_softmax_fusion: bool
-    """False with --no-masked-softmax-fusion."""
-    bias_gelu_fusion: bool
-    """False with --no-bias-gelu-fusion (and always False without biases or with swiglu)."""
-    bias_dropout_fusion: bool
-    """False with --no-bias-dropout-fusion."""
-    flash_attention: Optional[str]
-    """None, or v1 (--use-flash-attn/-v1), v2 (--use-flash-attn-v2), triton, builder."""
-    vocab_size: Optional[int]
-    """--vocab-size (NullTokenizer); otherwise the tokenizer decides."""
-    pipeline_partition_method: str
-    """--pipeline-partition-method for DeepSpeed's PipelineModule."""
-
-    @property
-    def use_flash_attn(self) -> bool:
-        """Whether any flash-attention flag was given."""
-        return self.flash_attention is not None
 
 
 @dataclass(frozen=True)
@@ -110,11 +40,13 @@ class ParallelConfig:
     """--distributed-timeout-minutes."""
     local_rank: Optional[int]
     """--local-rank / --local_rank from the launcher."""
+    pipeline_partition_method: str = "parameters"
+    """--pipeline-partition-method for DeepSpeed's PipelineModule."""
 
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """Batch sizes; with ramp-up the global batch grows, see `megatron.microbatches`."""
+    """Batch sizes; with ramp-up the global batch grows, see `megatron.core.num_microbatches_calculator`."""
 
     micro_batch_size: int
     """--micro-batch-size / JSON train_micro_batch_size_per_gpu."""
@@ -180,6 +112,8 @@ class ScheduleConfig:
     """--exit-duration-in-mins."""
     exit_signal_handler: bool
     """--exit-signal-handler."""
+    max_consecutive_nonfinite_iterations: int = 10
+    """--max-consecutive-nonfinite-iterations: stop after this many NaN/Inf losses in a row."""
 
 
 @dataclass(frozen=True)
@@ -289,6 +223,8 @@ class LoggingConfig:
     """--log-memory-to-tensorboard."""
     log_world_size_to_tensorboard: bool
     """--log-world-size-to-tensorboard."""
+    peak_tflops_per_device: Optional[float] = None
+    """--peak-tflops-per-device: the MFU column's denominator (no MFU without it)."""
 
 
 @dataclass(frozen=True)
@@ -323,6 +259,8 @@ class DataConfig:
     """--tokenizer-model."""
     vocab_size: Optional[int]
     """--vocab-size."""
+    make_vocab_size_divisible_by: int
+    """--make-vocab-size-divisible-by (times TP gives the padding multiple)."""
     trust_remote_code: bool
     """--trust-remote-code."""
     seq_length: int
@@ -337,20 +275,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ActivationCheckpointConfig:
-    """Activation checkpointing / recompute settings."""
+    """How `deepspeed.checkpointing` is configured with --deepspeed-activation-checkpointing
+    (what is recomputed is the model's: `TransformerConfig.recompute_*`)."""
 
-    checkpoint_activations: bool
-    """--checkpoint-activations (legacy path)."""
-    checkpoint_num_layers: int
-    """--checkpoint-num-layers."""
-    recompute_granularity: Optional[str]
-    """--recompute-granularity (selective with --recompute-activations)."""
-    recompute_method: Optional[str]
-    """--recompute-method."""
-    recompute_num_layers: int
-    """--recompute-num-layers."""
-    deepspeed_activation_checkpointing: bool
-    """--deepspeed-activation-checkpointing."""
     partition_activations: bool
     """--partition-activations."""
     contigious_checkpointing: bool
@@ -367,7 +294,8 @@ class ActivationCheckpointConfig:
 class TrainingConfig:
     """Everything a run needs, validated; `ds_config` is the reconciled DeepSpeed config."""
 
-    model: ModelConfig
+    model: TransformerConfig
+    """The model; `padded_vocab_size` is None until `with_padded_vocab_size`."""
     parallel: ParallelConfig
     batch: BatchConfig
     schedule: ScheduleConfig
@@ -383,3 +311,7 @@ class TrainingConfig:
     """The accelerator the config was validated for (passed in)."""
     ds_config: Dict[str, Any] = field(default_factory=dict)
     """DeepSpeed config: the --deepspeed_config JSON merged with the flags. Copy before mutating."""
+
+    def with_padded_vocab_size(self, padded_vocab_size: int) -> "TrainingConfig":
+        """The configuration completed with the tokenizer's padded vocabulary."""
+        return dataclasses.replace(self, model=self.model.with_padded_vocab_size(padded_vocab_size))

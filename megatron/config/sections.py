@@ -5,8 +5,8 @@ import argparse
 from typing import Optional, Sequence, Tuple
 
 from megatron.config.schema import (ActivationCheckpointConfig, CheckpointConfig, DataConfig, LoggingConfig,
-                                    ModelConfig, ScheduleConfig)
-from megatron.microbatches import build_num_microbatches_calculator, count_train_iters
+                                    ScheduleConfig)
+from megatron.core.num_microbatches_calculator import build_num_microbatches_calculator, count_train_iters
 
 GPT_TOKENIZERS = ("GPT2BPETokenizer", "SentencePieceTokenizer", "GPTSentencePieceTokenizer", "HFTokenizer",
                   "NullTokenizer")
@@ -21,94 +21,6 @@ def _require(args: argparse.Namespace, *pairs: Tuple[str, str]) -> None:
 def _positive(value: Optional[float], flag: str, *, allow_zero: bool = False) -> None:
     if value is not None and (value < 0 or (value == 0 and not allow_zero)):
         raise ValueError(f"{flag} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
-
-
-def _resolve_alias(args: argparse.Namespace, dest: str, flag: str, alias_dest: str, alias_flag: str) -> Optional[int]:
-    value, alias = getattr(args, dest), getattr(args, alias_dest)
-    if value is not None and alias is not None and value != alias:
-        raise ValueError(f"{flag} {value} and {alias_flag} {alias} disagree; give only one")
-    return value if value is not None else alias
-
-
-def _flash_attention(args: argparse.Namespace) -> Optional[str]:
-    chosen = [name for name, dest in (("v1", "use_flash_attn_v1"), ("v2", "use_flash_attn_v2"),
-                                      ("triton", "use_flash_attn_triton"), ("builder", "use_flash_attn_builder"))
-              if getattr(args, dest)]
-    if len(chosen) > 1:
-        raise ValueError("give at most one of --use-flash-attn(-v1), --use-flash-attn-v2, "
-                         f"--use-flash-attn-triton, --use-flash-attn-builder (got {', '.join(chosen)})")
-    return chosen[0] if chosen else None
-
-
-def _check_heads(num_heads: int, kv_heads: int, tp: int, hidden: int, kv_channels_given: bool) -> None:
-    if num_heads % tp:
-        raise ValueError(f"--num-attention-heads {num_heads} must be divisible by "
-                         f"--tensor-model-parallel-size {tp}")
-    if kv_heads <= 0 or num_heads % kv_heads:
-        raise ValueError(f"--num-attention-heads {num_heads} must be a multiple of --num-key-value-heads {kv_heads}")
-    if kv_heads % tp:
-        raise ValueError(f"--num-key-value-heads {kv_heads} must be divisible by --tensor-model-parallel-size {tp}")
-    if not kv_channels_given and hidden % num_heads:
-        raise ValueError(f"--hidden-size {hidden} must be divisible by --num-attention-heads {num_heads} "
-                         "(or give --kv-channels)")
-
-
-def build_model_config(args: argparse.Namespace, *, tensor_model_parallel_size: int) -> ModelConfig:
-    """Model shape and numerics; defaults resolved as upstream, shapes checked against TP."""
-    num_layers = _resolve_alias(args, "num_layers", "--num-layers", "encoder_num_layers", "--encoder-num-layers")
-    seq_length = _resolve_alias(args, "seq_length", "--seq-length", "encoder_seq_length", "--encoder-seq-length")
-    if num_layers is None:
-        raise ValueError("--num-layers is required")
-    if seq_length is None:
-        raise ValueError("--seq-length is required")
-    _require(args, ("hidden_size", "--hidden-size"), ("num_attention_heads", "--num-attention-heads"),
-             ("max_position_embeddings", "--max-position-embeddings"))
-    for value, flag in ((num_layers, "--num-layers"), (args.hidden_size, "--hidden-size"),
-                        (args.num_attention_heads, "--num-attention-heads"), (seq_length, "--seq-length"),
-                        (args.make_vocab_size_divisible_by, "--make-vocab-size-divisible-by")):
-        _positive(value, flag)
-    tp, hidden, heads = tensor_model_parallel_size, args.hidden_size, args.num_attention_heads
-    kv_heads = heads if args.num_key_value_heads is None else args.num_key_value_heads
-    _check_heads(heads, kv_heads, tp, hidden, args.kv_channels is not None)
-    ffn = args.ffn_hidden_size
-    if ffn is None:
-        ffn = int(4 * hidden * 2 / 3 / 64) * 64 if args.swiglu else 4 * hidden
-    if ffn <= 0 or ffn % tp:
-        raise ValueError(f"--ffn-hidden-size {ffn} must be positive and divisible by "
-                         f"--tensor-model-parallel-size {tp}")
-    if seq_length > args.max_position_embeddings:
-        raise ValueError(f"--seq-length {seq_length} exceeds --max-position-embeddings "
-                         f"{args.max_position_embeddings}")
-    for value, flag in ((args.hidden_dropout, "--hidden-dropout"), (args.attention_dropout, "--attention-dropout")):
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{flag} must be in [0, 1), got {value}")
-    if not 0.0 < args.rotary_percent <= 1.0:
-        raise ValueError(f"--rotary-percent must be in (0, 1], got {args.rotary_percent}")
-    if args.use_rotary_position_embeddings and not args.add_position_embedding:
-        raise ValueError("--use-rotary-position-embeddings and --no-position-embedding contradict each other")
-    if args.rotary_percent != 1.0 and not args.use_rotary_position_embeddings:
-        raise ValueError("--rotary-percent needs --use-rotary-position-embeddings")
-    if args.openai_gelu and args.swiglu:
-        raise ValueError("--openai-gelu and --swiglu are mutually exclusive")
-    position = ("rope" if args.use_rotary_position_embeddings else
-                "learned_absolute" if args.add_position_embedding else "none")
-    return ModelConfig(
-        num_layers=num_layers, hidden_size=hidden, ffn_hidden_size=ffn, num_attention_heads=heads,
-        num_key_value_heads=kv_heads, kv_channels=args.kv_channels or hidden // heads,
-        max_position_embeddings=args.max_position_embeddings, seq_length=seq_length,
-        make_vocab_size_divisible_by=args.make_vocab_size_divisible_by, layernorm_epsilon=args.layernorm_epsilon,
-        normalization=args.normalization, activation="swiglu" if args.swiglu else "gelu",
-        openai_gelu=args.openai_gelu, add_bias_linear=args.add_bias_linear, position_embedding_type=position,
-        rotary_percent=args.rotary_percent, rope_theta=args.rope_theta,
-        untie_embeddings_and_output_weights=args.untie_embeddings_and_output_weights,
-        hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
-        init_method_std=args.init_method_std, apply_query_key_layer_scaling=args.apply_query_key_layer_scaling,
-        attention_softmax_in_fp32=args.attention_softmax_in_fp32,
-        fp32_residual_connection=args.fp32_residual_connection,
-        use_cpu_initialization=bool(args.use_cpu_initialization), masked_softmax_fusion=args.masked_softmax_fusion,
-        bias_gelu_fusion=args.bias_gelu_fusion and args.add_bias_linear and not args.swiglu,
-        bias_dropout_fusion=args.bias_dropout_fusion, flash_attention=_flash_attention(args),
-        vocab_size=args.vocab_size, pipeline_partition_method=args.pipeline_partition_method)
 
 
 def _check_exclusive(pairs: Sequence[Tuple[str, str]], given: Sequence[bool]) -> None:
@@ -170,6 +82,9 @@ def build_schedule_config(args: argparse.Namespace, *, global_batch_size: int, m
                         (args.eval_interval, "--eval-interval"), (args.exit_interval, "--exit-interval"),
                         (args.exit_duration_in_mins, "--exit-duration-in-mins")):
         _positive(value, flag)
+    if args.max_consecutive_nonfinite_iterations < 1:
+        raise ValueError("--max-consecutive-nonfinite-iterations must be >= 1, got "
+                         f"{args.max_consecutive_nonfinite_iterations}")
     for value, flag in ((args.lr_warmup_iters, "--lr-warmup-iters"), (args.lr_warmup_samples, "--lr-warmup-samples"),
                         (args.lr_warmup_tokens, "--lr-warmup-tokens"), (args.eval_iters, "--eval-iters")):
         _positive(value, flag, allow_zero=True)
@@ -207,7 +122,8 @@ def build_schedule_config(args: argparse.Namespace, *, global_batch_size: int, m
         use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
         eval_interval=args.eval_interval, eval_iters=args.eval_iters, skip_train=args.skip_train,
         exit_interval=args.exit_interval, exit_duration_in_mins=args.exit_duration_in_mins,
-        exit_signal_handler=args.exit_signal_handler)
+        exit_signal_handler=args.exit_signal_handler,
+        max_consecutive_nonfinite_iterations=args.max_consecutive_nonfinite_iterations)
 
 
 def _split(value: str) -> str:
@@ -261,13 +177,15 @@ def build_data_config(args: argparse.Namespace, *, seq_length: int) -> DataConfi
         if getattr(args, dest) is None:
             raise ValueError(f"--tokenizer-type {tokenizer} needs {flag}")
     _positive(args.num_workers, "--num-workers", allow_zero=True)
+    _positive(args.make_vocab_size_divisible_by, "--make-vocab-size-divisible-by")
     return DataConfig(
         data_path=data_path, split=_split(args.split), train_data_path=separate["--train-data-path"],
         valid_data_path=separate["--valid-data-path"], test_data_path=separate["--test-data-path"],
         data_cache_path=args.data_cache_path, data_impl=args.data_impl,
         dataloader_type=args.dataloader_type or "single", num_workers=args.num_workers, tokenizer_type=tokenizer,
         vocab_file=args.vocab_file, merge_file=args.merge_file, tokenizer_model=args.tokenizer_model,
-        vocab_size=args.vocab_size, trust_remote_code=args.trust_remote_code, seq_length=seq_length,
+        vocab_size=args.vocab_size, make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+        trust_remote_code=args.trust_remote_code, seq_length=seq_length,
         reset_position_ids=args.reset_position_ids, reset_attention_mask=args.reset_attention_mask,
         eod_mask_loss=args.eod_mask_loss)
 
@@ -300,6 +218,7 @@ _TENSORBOARD_SWITCHES = (
 def build_logging_config(args: argparse.Namespace) -> LoggingConfig:
     """Logging settings; tensorboard switches without --tensorboard-dir are an error, not a no-op."""
     _positive(args.log_interval, "--log-interval")
+    _positive(args.peak_tflops_per_device, "--peak-tflops-per-device")
     _positive(args.tensorboard_log_interval, "--tensorboard-log-interval")
     if args.tensorboard_dir is None:
         given = [flag for dest, flag in _TENSORBOARD_SWITCHES if getattr(args, dest)]
@@ -312,6 +231,7 @@ def build_logging_config(args: argparse.Namespace) -> LoggingConfig:
         tensorboard_queue_size=args.tensorboard_queue_size,
         log_learning_rate_to_tensorboard=args.log_learning_rate_to_tensorboard,
         log_loss_scale_to_tensorboard=args.log_loss_scale_to_tensorboard,
+        peak_tflops_per_device=args.peak_tflops_per_device,
         **{dest: getattr(args, dest) for dest, _ in _TENSORBOARD_SWITCHES})
 
 
@@ -323,36 +243,12 @@ _DS_ACTIVATION_OPTIONS = (("partition_activations", "--partition-activations"),
 
 
 def build_activation_checkpoint_config(args: argparse.Namespace, ds_options: dict) -> ActivationCheckpointConfig:
-    """Recompute settings; `ds_options` are the DeepSpeed activation-checkpointing switches after the
-    JSON merge. Combinations that would leave a flag without effect are errors."""
-    granularity = args.recompute_granularity
-    if args.recompute_activations:
-        if granularity not in (None, "selective"):
-            raise ValueError(f"--recompute-activations means selective recompute; it contradicts "
-                             f"--recompute-granularity {granularity}")
-        granularity = "selective"
-    if granularity == "selective" and args.recompute_method is not None:
-        raise ValueError("--recompute-method applies to --recompute-granularity full only, not selective")
-    if granularity == "full" and args.recompute_method is None:
-        raise ValueError("--recompute-granularity full needs --recompute-method uniform or block")
-    if granularity is None and args.recompute_method is not None:
-        raise ValueError("--recompute-method needs --recompute-granularity full")
-    if args.checkpoint_activations and granularity is not None:
-        raise ValueError("--checkpoint-activations and --recompute-granularity (or --recompute-activations) "
-                         "are two activation-checkpointing mechanisms; give only one")
-    _positive(args.checkpoint_num_layers, "--checkpoint-num-layers")
-    _positive(args.recompute_num_layers, "--recompute-num-layers")
-    if args.deepspeed_activation_checkpointing and not (args.checkpoint_activations or granularity == "full"):
-        raise ValueError("--deepspeed-activation-checkpointing needs --checkpoint-activations "
-                         "(or --recompute-granularity full)")
+    """`deepspeed.checkpointing` options (after the JSON merge); without
+    --deepspeed-activation-checkpointing they would do nothing, so giving one is an error.
+    What is recomputed is validated with the model (`megatron.config.model`)."""
     if not args.deepspeed_activation_checkpointing:
         given = [flag for dest, flag in _DS_ACTIVATION_OPTIONS if ds_options.get(dest)]
         if given:
             raise ValueError(f"{', '.join(given)} need --deepspeed-activation-checkpointing "
                              "(they configure deepspeed.checkpointing)")
-    return ActivationCheckpointConfig(
-        checkpoint_activations=args.checkpoint_activations, checkpoint_num_layers=args.checkpoint_num_layers,
-        recompute_granularity=granularity, recompute_method=args.recompute_method,
-        recompute_num_layers=args.recompute_num_layers,
-        deepspeed_activation_checkpointing=args.deepspeed_activation_checkpointing,
-        **{dest: bool(ds_options.get(dest)) for dest, _ in _DS_ACTIVATION_OPTIONS})
+    return ActivationCheckpointConfig(**{dest: bool(ds_options.get(dest)) for dest, _ in _DS_ACTIVATION_OPTIONS})

@@ -29,9 +29,3 @@ def all_ranks_succeeded(success: bool, group=None) -> bool:
     flag = torch.tensor([1 if success else 0], dtype=torch.int64, device=device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=group)
     return bool(flag.item())
-
-
-def log_rank_0(message: str) -> None:
-    """Print once per job."""
-    if not _initialized() or torch.distributed.get_rank() == 0:
-        print(message, flush=True)

@@ -17,7 +17,8 @@ import torch
 
 from megatron.data import indexed_dataset as idx_ds
 from megatron.data.blendable_dataset import BlendableDataset
-from megatron.data.dist_utils import all_ranks_succeeded, is_builder_rank, log_rank_0
+from megatron.core.utils import print_rank_0
+from megatron.data.dist_utils import all_ranks_succeeded, is_builder_rank
 from megatron.data.index_helpers import build_sample_idx
 
 Split = Tuple[Optional[torch.utils.data.Dataset], Optional[torch.utils.data.Dataset],
@@ -185,7 +186,7 @@ class GPTDataset(torch.utils.data.Dataset):
                 self.cache_built = True
             except OSError as exc:
                 error = str(exc)
-            log_rank_0(f" > built {name} index cache for {data_prefix} in "
+            print_rank_0(f" > built {name} index cache for {data_prefix} in "
                        f"{time.time() - start:.2f} s ({os.path.dirname(paths['desc'])})")
         if not all_ranks_succeeded(not error, group):
             raise RuntimeError(f"could not write the data index cache in "

@@ -1,6 +1,10 @@
-"""Typed configuration of the GPT transformer, built once from the flags and passed down."""
+"""The one configuration of the GPT model: built and validated once from the flags
+(`megatron.config.model.build_model_config`), completed with the padded vocabulary once the
+tokenizer exists (`with_padded_vocab_size`), then read by the model, the FLOP count, the
+checkpoint fingerprint and the log."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -24,7 +28,7 @@ class TransformerConfig(ModelParallelConfig):
 
     Every field names the upstream flag it comes from. `__post_init__` fills the derived
     defaults (kv heads, head size, FFN size, init methods) and raises `ValueError` naming
-    the fields for invalid combinations.
+    the flags and fields of invalid combinations. Upstream-style code may build it directly.
     """
 
     num_layers: int = 0
@@ -53,9 +57,10 @@ class TransformerConfig(ModelParallelConfig):
     max_position_embeddings: int = 0
     """Rows of the learned position table (`--max-position-embeddings`)."""
 
-    padded_vocab_size: int = 0
+    padded_vocab_size: Optional[int] = None
     """Vocabulary rows after padding (the tokenizer's size rounded up to
-    `--make-vocab-size-divisible-by` * tensor_model_parallel_size)."""
+    `--make-vocab-size-divisible-by` * tensor_model_parallel_size); None until the tokenizer
+    exists, and a model needs it set."""
 
     hidden_dropout: float = 0.1
     """Dropout on embeddings and residual branches (`--hidden-dropout`)."""
@@ -80,14 +85,14 @@ class TransformerConfig(ModelParallelConfig):
     """Biases in the QKV, dense and MLP linears (`--disable-bias-linear` clears it)."""
 
     position_embedding_type: str = "learned_absolute"
-    """`learned_absolute`, `rope` (`--use-rotary-position-embeddings`) or `none`
-    (`--position-embedding-type`)."""
+    """`learned_absolute` (default), `rope` (`--use-rotary-position-embeddings`) or `none`
+    (`--no-position-embedding`)."""
 
     rotary_percent: float = 1.0
     """Fraction of each head's dimensions that rotary embeddings rotate (`--rotary-percent`)."""
 
     rotary_base: float = 10000.0
-    """Rotary frequency base theta (`--rope-theta`)."""
+    """Rotary frequency base theta (`--rotary-position-embeddings-theta`)."""
 
     untie_embeddings_and_output_weights: bool = False
     """Separate LM-head weight instead of the word embeddings
@@ -171,52 +176,55 @@ class TransformerConfig(ModelParallelConfig):
                 self.init_method_std, self.num_layers)
 
     def _check_shape(self) -> None:
-        for name in ("num_layers", "hidden_size", "num_attention_heads", "padded_vocab_size"):
+        names = ["num_layers", "hidden_size", "num_attention_heads"]
+        if self.padded_vocab_size is not None:
+            names.append("padded_vocab_size")
+        for name in names:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{_named(name, value)} must be a positive integer")
         tp = self.tensor_model_parallel_size
         heads = self.num_attention_heads
+        tp_named = _named("tensor_model_parallel_size", tp)
         if heads % tp:
-            raise ValueError(f"num_attention_heads ({heads}) must be divisible by "
-                             f"tensor_model_parallel_size ({tp})")
+            raise ValueError(f"{_named('num_attention_heads', heads)} must be divisible by {tp_named}")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = heads
         kv_heads = self.num_key_value_heads
         if kv_heads < 1 or heads % kv_heads:
-            raise ValueError(f"num_key_value_heads ({kv_heads}) must divide "
-                             f"num_attention_heads ({heads})")
+            raise ValueError(f"{_named('num_key_value_heads', kv_heads)} must divide "
+                             f"{_named('num_attention_heads', heads)}")
         if kv_heads % tp:
-            raise ValueError(f"num_key_value_heads ({kv_heads}) must be divisible by "
-                             f"tensor_model_parallel_size ({tp})")
+            raise ValueError(f"{_named('num_key_value_heads', kv_heads)} must be divisible by {tp_named}")
         if self.kv_channels is None:
             if self.hidden_size % heads:
-                raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by "
-                                 f"num_attention_heads ({heads}) unless kv_channels is set")
+                raise ValueError(f"{_named('hidden_size', self.hidden_size)} must be divisible by "
+                                 f"{_named('num_attention_heads', heads)} unless --kv-channels "
+                                 "(kv_channels) is given")
             self.kv_channels = self.hidden_size // heads
         if self.ffn_hidden_size is None:
             if self.activation == "swiglu":
                 self.ffn_hidden_size = int(4 * self.hidden_size * 2 / 3 / 64) * 64
             else:
                 self.ffn_hidden_size = 4 * self.hidden_size
-        if self.ffn_hidden_size % tp:
-            raise ValueError(f"ffn_hidden_size ({self.ffn_hidden_size}) must be divisible by "
-                             f"tensor_model_parallel_size ({tp})")
-        if self.padded_vocab_size % tp:
-            raise ValueError(f"padded_vocab_size ({self.padded_vocab_size}) must be divisible "
-                             f"by tensor_model_parallel_size ({tp})")
+        if self.ffn_hidden_size < 1 or self.ffn_hidden_size % tp:
+            raise ValueError(f"{_named('ffn_hidden_size', self.ffn_hidden_size)} must be positive "
+                             f"and divisible by {tp_named}")
+        if self.padded_vocab_size is not None and self.padded_vocab_size % tp:
+            raise ValueError(f"{_named('padded_vocab_size', self.padded_vocab_size)} must be "
+                             f"divisible by {tp_named}")
         if self.num_layers % self.pipeline_model_parallel_size:
-            raise ValueError(f"num_layers ({self.num_layers}) must be divisible by "
-                             f"pipeline_model_parallel_size ({self.pipeline_model_parallel_size})")
+            raise ValueError(f"{_named('num_layers', self.num_layers)} must be divisible by "
+                             f"{_named('pipeline_model_parallel_size', self.pipeline_model_parallel_size)}")
         if self.seq_length == 0:
             self.seq_length = self.max_position_embeddings
         if self.position_embedding_type == "learned_absolute":
             if self.max_position_embeddings < 1:
-                raise ValueError("max_position_embeddings must be set (>= 1) with "
-                                 "position_embedding_type='learned_absolute'")
+                raise ValueError(f"{_named('max_position_embeddings', self.max_position_embeddings)} "
+                                 "must be >= 1 with learned absolute position embeddings")
             if self.seq_length > self.max_position_embeddings:
-                raise ValueError(f"seq_length ({self.seq_length}) exceeds "
-                                 f"max_position_embeddings ({self.max_position_embeddings})")
+                raise ValueError(f"{_named('seq_length', self.seq_length)} exceeds "
+                                 f"{_named('max_position_embeddings', self.max_position_embeddings)}")
 
     def _check_options(self) -> None:
         _check_choice("normalization", self.normalization, NORMALIZATIONS)
@@ -224,39 +232,65 @@ class TransformerConfig(ModelParallelConfig):
         _check_choice("position_embedding_type", self.position_embedding_type,
                       POSITION_EMBEDDING_TYPES)
         if self.openai_gelu and self.activation != "gelu":
-            raise ValueError(f"openai_gelu (--openai-gelu) needs activation='gelu', "
-                             f"got activation={self.activation!r}")
+            raise ValueError("--openai-gelu and --swiglu are mutually exclusive "
+                             f"(openai_gelu=True, activation={self.activation!r})")
         for name in ("hidden_dropout", "attention_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+                raise ValueError(f"{_named(name, value)} must be in [0, 1)")
         if not self.layernorm_epsilon > 0:
-            raise ValueError(f"layernorm_epsilon must be > 0, got {self.layernorm_epsilon!r}")
+            raise ValueError(f"{_named('layernorm_epsilon', self.layernorm_epsilon)} must be > 0")
         if self.position_embedding_type == "rope":
             if not 0.0 < self.rotary_percent <= 1.0:
-                raise ValueError(f"rotary_percent must be in (0, 1], got {self.rotary_percent!r}")
+                raise ValueError(f"{_named('rotary_percent', self.rotary_percent)} must be in (0, 1]")
             rotary_dim = int(self.kv_channels * self.rotary_percent)
             if rotary_dim < 2 or rotary_dim % 2:
                 raise ValueError(
-                    f"rotary_percent ({self.rotary_percent}) x kv_channels ({self.kv_channels}) "
-                    f"gives {rotary_dim} rotary dimensions; it must be even and >= 2")
+                    f"{_named('rotary_percent', self.rotary_percent)} x "
+                    f"{_named('kv_channels', self.kv_channels)} gives {rotary_dim} rotary "
+                    "dimensions; it must be even and >= 2")
         if not (self.init_method_std > 0 and math.isfinite(self.init_method_std)):
-            raise ValueError(f"init_method_std must be > 0, got {self.init_method_std!r}")
+            raise ValueError(f"{_named('init_method_std', self.init_method_std)} must be > 0")
+        self._check_recompute()
+
+    def _check_recompute(self) -> None:
         if self.recompute_granularity is not None:
             _check_choice("recompute_granularity", self.recompute_granularity,
                           RECOMPUTE_GRANULARITIES)
         if self.recompute_method is not None:
             _check_choice("recompute_method", self.recompute_method, RECOMPUTE_METHODS)
             if self.recompute_granularity != "full":
-                raise ValueError(f"recompute_method ({self.recompute_method!r}) needs "
-                                 "recompute_granularity='full'")
+                raise ValueError(f"--recompute-method applies to --recompute-granularity full only "
+                                 f"(recompute_method={self.recompute_method!r}, "
+                                 f"recompute_granularity={self.recompute_granularity!r})")
         if self.recompute_granularity == "full" and self.recompute_method is None:
-            raise ValueError("recompute_granularity='full' needs recompute_method "
-                             "('uniform' or 'block')")
+            raise ValueError("--recompute-granularity full needs --recompute-method uniform or "
+                             "block (recompute_granularity='full', recompute_method=None)")
         if self.recompute_num_layers is not None and self.recompute_num_layers < 1:
-            raise ValueError(f"recompute_num_layers must be >= 1, got {self.recompute_num_layers}")
+            raise ValueError(f"{_named('recompute_num_layers', self.recompute_num_layers)} must be >= 1")
         if self.checkpoint_num_layers < 1:
-            raise ValueError(f"checkpoint_num_layers must be >= 1, got {self.checkpoint_num_layers}")
+            raise ValueError(f"{_named('checkpoint_num_layers', self.checkpoint_num_layers)} "
+                             "must be >= 1")
+        if self.checkpoint_activations and self.recompute_granularity is not None:
+            raise ValueError("--checkpoint-activations and --recompute-granularity (or "
+                             "--recompute-activations) are two activation-checkpointing mechanisms; "
+                             "give only one (checkpoint_activations=True, "
+                             f"recompute_granularity={self.recompute_granularity!r})")
+        if self.deepspeed_activation_checkpointing and not (
+                self.checkpoint_activations or self.recompute_granularity == "full"):
+            raise ValueError("--deepspeed-activation-checkpointing needs --checkpoint-activations "
+                             "(or --recompute-granularity full) (deepspeed_activation_checkpointing=True)")
+
+    def with_padded_vocab_size(self, padded_vocab_size: int) -> "TransformerConfig":
+        """A copy completed with the tokenizer's padded vocabulary (validated again)."""
+        return dataclasses.replace(self, padded_vocab_size=padded_vocab_size)
+
+    def require_padded_vocab_size(self) -> int:
+        """The padded vocabulary; a model cannot be built before the tokenizer set it."""
+        if self.padded_vocab_size is None:
+            raise ValueError("padded_vocab_size is not set: build the tokenizer first and "
+                             "complete the config with with_padded_vocab_size()")
+        return self.padded_vocab_size
 
     @property
     def num_query_groups(self) -> int:
@@ -271,6 +305,32 @@ class TransformerConfig(ModelParallelConfig):
         return int(self.kv_channels * self.rotary_percent)
 
 
+# The flag a user changes to fix each field (a field set by code has no flag of its own).
+FIELD_FLAGS = {
+    "num_layers": "--num-layers", "hidden_size": "--hidden-size",
+    "num_attention_heads": "--num-attention-heads", "num_key_value_heads": "--num-key-value-heads",
+    "kv_channels": "--kv-channels", "ffn_hidden_size": "--ffn-hidden-size",
+    "seq_length": "--seq-length", "max_position_embeddings": "--max-position-embeddings",
+    "padded_vocab_size": "--make-vocab-size-divisible-by", "hidden_dropout": "--hidden-dropout",
+    "attention_dropout": "--attention-dropout", "layernorm_epsilon": "--layernorm-epsilon",
+    "normalization": "--normalization", "openai_gelu": "--openai-gelu",
+    "rotary_percent": "--rotary-percent", "init_method_std": "--init-method-std",
+    "recompute_granularity": "--recompute-granularity", "recompute_method": "--recompute-method",
+    "recompute_num_layers": "--recompute-num-layers",
+    "checkpoint_activations": "--checkpoint-activations",
+    "checkpoint_num_layers": "--checkpoint-num-layers",
+    "deepspeed_activation_checkpointing": "--deepspeed-activation-checkpointing",
+    "tensor_model_parallel_size": "--tensor-model-parallel-size",
+    "pipeline_model_parallel_size": "--pipeline-model-parallel-size",
+}
+
+
+def _named(name: str, value: object) -> str:
+    """'--flag value (field)': the flag for command-line users, the field for code."""
+    flag = FIELD_FLAGS.get(name)
+    return f"{flag} {value} ({name})" if flag else f"{name}={value!r}"
+
+
 def _check_choice(name: str, value: str, choices: tuple) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        raise ValueError(f"{_named(name, value)} must be one of {', '.join(choices)}")

@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python tests/bench/bench_model.py [--iters 3] [--swiglu ...]
 
-Prints tokens/s, model TFLOP/s (GQA/SwiGLU-aware Megatron count, megatron/flops.py)
+Prints tokens/s, model TFLOP/s (GQA/SwiGLU-aware Megatron count, megatron/training/flops.py)
 and MFU against a square fp32 matmul peak measured first, with the classic attention path
 and with torch's scaled_dot_product_attention (--use-flash-attn). No optimizer step.
 """
@@ -36,7 +36,7 @@ def matmul_peak(sizes=(1024, 2048, 4096), reps: int = 3) -> float:
 
 def bench(args: argparse.Namespace, use_flash_attn: bool) -> dict:
     from megatron.core import parallel_state, tensor_parallel
-    from megatron.flops import ModelShape, training_flops_per_iteration
+    from megatron.training.flops import training_flops_per_iteration
     from megatron.model.gpt_model import GPTModel
     from megatron.model.transformer_config import TransformerConfig
 
@@ -68,7 +68,7 @@ def bench(args: argparse.Namespace, use_flash_attn: bool) -> dict:
             if step >= args.warmup:
                 times.append(elapsed)
         seconds = statistics.median(times)
-        flops = training_flops_per_iteration(ModelShape.of(config), global_batch_size=args.batch,
+        flops = training_flops_per_iteration(config, global_batch_size=args.batch,
                                              seq_length=args.seq)
         return {"seconds": seconds, "tokens_per_s": args.batch * args.seq / seconds,
                 "flops_per_s": flops / seconds, "params": sum(p.numel() for p in model.parameters())}

@@ -6,7 +6,7 @@
 
 Runs the real entry point (through torchrun for several ranks) on synthetic token data for a
 fixed number of iterations, drops the first log interval (start-up, first-touch allocation),
-and compares the model FLOP rate (megatron.flops: the Megatron formula, GQA/SwiGLU/recompute
+and compares the model FLOP rate (megatron.training.flops: the Megatron formula, GQA/SwiGLU/recompute
 aware) with a matmul peak measured here in the same precision and thread count.
 Reference points on the 2-core CPU machines (../shared/docs/perf-baselines.md): upstream
 Megatron-DeepSpeed, tiny shape: ~970 tokens/s on 1 process, ~650 on PP2; a plain PyTorch
@@ -109,17 +109,17 @@ def main() -> int:
         print(completed.stdout[-3000:], completed.stderr[-3000:])
         return completed.returncode
 
-    from megatron.flops import ModelShape, training_flops_per_iteration
+    from megatron.model.transformer_config import TransformerConfig
+    from megatron.training.flops import training_flops_per_iteration
 
     times = [float(ms) for ms in
              re.findall(r"elapsed time per iteration \(ms\): ([0-9.]+) ", completed.stdout)]
     steady = times[1:] or times
     ms = sum(steady) / len(steady)
     tokens_per_second = global_batch * seq / (ms / 1000.0)
-    shape = ModelShape(num_layers=layers, hidden_size=hidden, ffn_hidden_size=4 * hidden,
-                       num_attention_heads=heads, num_key_value_heads=heads,
-                       kv_channels=hidden // heads, padded_vocab_size=VOCAB + 1)
-    flops = training_flops_per_iteration(shape, global_batch_size=global_batch, seq_length=seq)
+    model_config = TransformerConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                                     max_position_embeddings=seq, padded_vocab_size=VOCAB + 1)
+    flops = training_flops_per_iteration(model_config, global_batch_size=global_batch, seq_length=seq)
     tflops = flops / (ms / 1000.0) / ranks / 1e12
     mfu = 100.0 * tflops / peak_per_rank
     print(f"| shape | layout | precision | threads/rank | ms/iter | tokens/s (total) | "

@@ -20,7 +20,7 @@ def _iterations(spec: str) -> set:
 
 def main() -> int:
     import pretrain_gpt
-    from megatron.engine import TrainingEngine
+    from megatron.training.engine import TrainingEngine
 
     poisoned = _iterations(os.environ.get("INJECT_NAN_ITERATIONS", ""))
     original_step, original_loss = TrainingEngine.train_step, TrainingEngine._forward_loss

@@ -205,8 +205,7 @@ def test_resaving_the_loaded_step_leaves_it_untouched(dataset, saved_run, tmp_pa
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in step.iterdir()} == before
 
 
-def _start(args, *, num_procs=1, env=None):
-    script = str(REPO_ROOT / "pretrain_gpt.py")
+def _start(args, *, num_procs=1, env=None, script=str(REPO_ROOT / "pretrain_gpt.py")):
     command = ([sys.executable, script] if num_procs == 1 else
                [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_procs),
                 "--master_port", str(free_port()), script])
@@ -236,9 +235,10 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(dataset, saved_run, tm
     directory = tmp_path / "crash"
     process = _start(_args(dataset, "--no-pipeline-parallel", "--save", str(directory),
                            "--save-interval", str(N)),
-                     env={"MEGATRON_TEST_STALL_IN_SAVE": f"{2 * N}:300"})
+                     env={"STALL_IN_SAVE": f"after_engine_files:{2 * N}:300"},
+                     script=str(Path(__file__).parent / "fault_entry.py"))
     try:
-        _read_until(process, f"stalling 300 s inside the save of global_step{2 * N}")
+        _read_until(process, f"stalling 300 s at after_engine_files of global_step{2 * N}")
     finally:
         process.kill()  # SIGKILL: no handler, no cleanup
         process.wait()

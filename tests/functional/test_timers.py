@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from megatron.timers import format_timers
+from megatron.training.timers import format_timers
 from tests.functional.launch import run_pretrain, tiny_gpt_args, write_random_dataset
 
 pytestmark = pytest.mark.slow

@@ -86,7 +86,7 @@ def test_rebase_script_settings(name, tmp_path):
     assert config.precision.loss_scale_window == 500  # the JSON's value: the flag was left at its default
     assert config.precision.initial_loss_scale == 2.0 ** 11
     assert config.schedule.train_iters == 9375 // 16
-    assert config.activation_checkpointing.checkpoint_activations
+    assert config.model.checkpoint_activations
     assert config.model.use_flash_attn is (name == "125M_flashattn")
     if "rope" in name:
         assert config.model.position_embedding_type == "rope" and config.model.rotary_percent == 0.25
@@ -117,11 +117,11 @@ CROSS_CONSTRAINTS = [
      r"ZeRO stage 2 \(--zero-stage / \"zero_optimization.stage\"\).*--pipeline-model-parallel-size 2"),
     ([], 1, {"zero_optimization": {"stage": 3}}, r"ZeRO stage 3 .*pipeline engine"),
     (["--tensor-model-parallel-size", "4", "--num-attention-heads", "6", "--hidden-size", "96"], 4, None,
-     r"--num-attention-heads 6 must be divisible by --tensor-model-parallel-size 4"),
-    (["--num-key-value-heads", "3"], 1, None, r"--num-attention-heads 8 must be a multiple of --num-key-value-heads 3"),
+     r"--num-attention-heads 6 \(num_attention_heads\) must be divisible by --tensor-model-parallel-size 4"),
+    (["--num-key-value-heads", "3"], 1, None, r"--num-key-value-heads 3 \(num_key_value_heads\) must divide --num-attention-heads 8"),
     (["--num-key-value-heads", "2", "--tensor-model-parallel-size", "4"], 4, None,
-     r"--num-key-value-heads 2 must be divisible by --tensor-model-parallel-size 4"),
-    (["--hidden-size", "60"], 1, None, r"--hidden-size 60 must be divisible by --num-attention-heads 8"),
+     r"--num-key-value-heads 2 \(num_key_value_heads\) must be divisible by --tensor-model-parallel-size 4"),
+    (["--hidden-size", "60"], 1, None, r"--hidden-size 60 \(hidden_size\) must be divisible by --num-attention-heads 8"),
     (["--sequence-parallel"], 1, None, r"--sequence-parallel needs --tensor-model-parallel-size > 1"),
     (["--train-samples", "100"], 1, None, r"--train-iters and --train-samples are mutually exclusive"),
     (["--lr-decay-samples", "50"], 1, None, r"--lr-decay-samples needs sample-based training .*--train-iters"),
@@ -152,7 +152,7 @@ CROSS_CONSTRAINTS = [
     (["--recompute-granularity", "full"], 1, None, r"--recompute-granularity full needs --recompute-method"),
     (["--recompute-granularity", "selective", "--recompute-method", "block"], 1, None,
      r"--recompute-method applies to --recompute-granularity full only"),
-    (["--recompute-method", "uniform"], 1, None, r"--recompute-method needs --recompute-granularity full"),
+    (["--recompute-method", "uniform"], 1, None, r"--recompute-method applies to --recompute-granularity full only"),
     (["--checkpoint-activations", "--recompute-activations"], 1, None,
      r"--checkpoint-activations and --recompute-granularity"),
     (["--checkpoint-activations", "--partition-activations"], 1, None,

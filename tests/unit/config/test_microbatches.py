@@ -1,7 +1,7 @@
 """Micro-batch counts, constant and with --rampup-batch-size, against upstream's formula."""
 import pytest
 
-from megatron.microbatches import build_num_microbatches_calculator, count_train_iters
+from megatron.core.num_microbatches_calculator import build_num_microbatches_calculator, count_train_iters
 
 
 def test_constant():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from megatron.config.schema import OptimizerConfig
-from megatron.optimizer import build_optimizer, get_param_groups
+from megatron.training.optimizer import build_optimizer, get_param_groups
 
 
 class Tiny(torch.nn.Module):

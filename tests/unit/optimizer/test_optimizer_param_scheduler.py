@@ -6,7 +6,7 @@ import torch
 
 from megatron.arguments import parse_args
 from megatron.config import build_config, optimizer_param_scheduler_kwargs
-from megatron.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.training.optimizer_param_scheduler import OptimizerParamScheduler
 
 MAX_LR, MIN_LR = 1.0, 0.1
 

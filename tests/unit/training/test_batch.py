@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from megatron.batch import get_ltor_masks_and_position_ids, masked_mean_loss
+from megatron.training.batch import get_ltor_masks_and_position_ids, masked_mean_loss
 
 EOD = 7
 

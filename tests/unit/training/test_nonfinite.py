@@ -1,7 +1,7 @@
 """A non-finite gradient skips the step and leaves weights and optimizer state untouched."""
 import torch
 
-from megatron.nonfinite import NonFiniteStepGuard
+from megatron.training.nonfinite import NonFiniteStepGuard
 
 
 def _setup():

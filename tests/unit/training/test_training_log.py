@@ -2,8 +2,8 @@
 import math
 import re
 
-from megatron.train_state import TrainState
-from megatron.training_log import (IterationReport, format_evaluation_line,
+from megatron.training.train_state import TrainState
+from megatron.training.log import (IterationReport, format_evaluation_line,
                                    format_iteration_line)
 
 # A Megatron-DeepSpeed line, as printed by upstream (fields up to TFLOPs).

@@ -3,10 +3,13 @@ import argparse
 import time
 from typing import Optional
 
+from megatron.checkpointing import SaveHooks
 from megatron.config.schema import TrainingConfig
-from megatron.train_state import TrainState
-from megatron.training import (RunContext, evaluate, model_shape_of, parallel_layout_summary,
-                               print_rank_0, train)
+from megatron.core.utils import print_rank_0
+from megatron.training.context import RunContext
+from megatron.training.evaluation import evaluate
+from megatron.training.loop import train
+from megatron.training.train_state import TrainState
 
 
 def _device_type() -> str:
@@ -15,21 +18,22 @@ def _device_type() -> str:
     return get_accelerator().device_name()
 
 
-def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None,
-              args: Optional[argparse.Namespace] = None) -> RunContext:
+def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = None,
+              save_hooks: Optional[SaveHooks] = None) -> RunContext:
     """Process groups, seeds, tokenizer, model, optimizer, engine, checkpoint and data, in
-    that order. `args` (the parsed flags) is stored in checkpoints as upstream does."""
-    from megatron.checkpointing import Checkpointer
+    that order. `args` (the parsed flags) is stored in checkpoints as upstream does;
+    `save_hooks` are the checkpoint fault-injection points tests use."""
+    from megatron.checkpointing import Checkpointer, ModelFingerprint
     from megatron.config.scheduler_args import optimizer_param_scheduler_kwargs
-    from megatron.data_setup import build_data_iterators
-    from megatron.engine import BatchOptions, TrainingEngine
+    from megatron.training.data_iterators import build_data_iterators
+    from megatron.training.engine import BatchOptions, TrainingEngine
     from megatron.initialize import initialize_distributed, set_random_seeds
-    from megatron.model_builder import build_model, build_transformer_config
-    from megatron.optimizer import build_optimizer, get_param_groups
-    from megatron.optimizer_param_scheduler import OptimizerParamScheduler
-    from megatron.timers import Timers
+    from megatron.training.model_builder import build_model
+    from megatron.training.optimizer import build_optimizer, get_param_groups
+    from megatron.training.optimizer_param_scheduler import OptimizerParamScheduler
+    from megatron.training.timers import Timers
     from megatron.tokenizer import build_tokenizer
-    from megatron.training_log import TensorboardWriter
+    from megatron.training.log import TensorboardWriter
 
     start_time = time.monotonic()
     parallel = config.parallel
@@ -38,7 +42,7 @@ def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None,
                            timeout_minutes=parallel.distributed_timeout_minutes,
                            backend=parallel.distributed_backend)
     checkpointing = config.activation_checkpointing
-    if checkpointing.deepspeed_activation_checkpointing:
+    if config.model.deepspeed_activation_checkpointing:
         from megatron.core import parallel_state
         from megatron.model.recompute import configure_deepspeed_checkpointing
 
@@ -50,21 +54,20 @@ def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None,
             synchronize_each_layer=checkpointing.synchronize_each_layer,
             profile_backward=checkpointing.profile_backward)
     set_random_seeds(config.seed)
-    print_rank_0(f"> {parallel_layout_summary(config)}")
+    print_rank_0(f"> {_parallel_layout_summary(config)}")
 
     data = config.data
     tokenizer = build_tokenizer(
         data.tokenizer_type, vocab_file=data.vocab_file, merge_file=data.merge_file,
         tokenizer_model=data.tokenizer_model, vocab_size=data.vocab_size,
-        make_vocab_size_divisible_by=config.model.make_vocab_size_divisible_by,
+        make_vocab_size_divisible_by=data.make_vocab_size_divisible_by,
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         trust_remote_code=data.trust_remote_code)
     print_rank_0(f"> tokenizer {data.tokenizer_type}: vocab {tokenizer.vocab_size}, "
                  f"padded to {tokenizer.padded_vocab_size}")
 
-    transformer_config = build_transformer_config(config,
-                                                  padded_vocab_size=tokenizer.padded_vocab_size)
-    model = build_model(config, transformer_config)
+    config = config.with_padded_vocab_size(tokenizer.padded_vocab_size)
+    model = build_model(config)
     optimizer = build_optimizer(get_param_groups(model, weight_decay=config.optimizer.weight_decay),
                                 config.optimizer, device_type=_device_type())
     scheduler = OptimizerParamScheduler(optimizer, **optimizer_param_scheduler_kwargs(config))
@@ -87,15 +90,16 @@ def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None,
                                        queue_size=config.logging.tensorboard_queue_size)
     checkpointer = Checkpointer(engine=engine.engine, scheduler=scheduler, state=state,
                                 config=config.checkpoint,
-                                fingerprint=fingerprint_of(transformer_config, config), args=args)
+                                fingerprint=ModelFingerprint.of(config.model), args=args,
+                                save_hooks=save_hooks)
     checkpointer.load()
     # The loaders start at the loaded consumed-samples count; the RNG states are restored
     # after everything that draws random numbers while being built.
     iterators = build_data_iterators(config, state)
     checkpointer.restore_rng()
     context = RunContext(config=config, engine=engine, scheduler=scheduler, state=state,
-                         iterators=iterators, model_shape=model_shape_of(transformer_config),
-                         writer=writer, peak_tflops_per_device=peak_tflops_per_device,
+                         iterators=iterators,
+                         writer=writer,
                          checkpointer=checkpointer, batch_sizes=_batch_sizes(config))
     context.on_iteration_end.append(
         _save_and_exit_hook(checkpointer, _exit_conditions(config, start_time), config))
@@ -103,7 +107,7 @@ def build_run(config: TrainingConfig, *, peak_tflops_per_device: float = None,
 
 
 def _batch_sizes(config: TrainingConfig):
-    from megatron.microbatches import build_num_microbatches_calculator
+    from megatron.core.num_microbatches_calculator import build_num_microbatches_calculator
 
     batch = config.batch
     return build_num_microbatches_calculator(
@@ -112,21 +116,8 @@ def _batch_sizes(config: TrainingConfig):
         rampup_batch_size=batch.rampup_batch_size)
 
 
-def fingerprint_of(transformer_config, config: TrainingConfig):
-    from megatron.checkpointing import ModelFingerprint
-
-    return ModelFingerprint(
-        num_layers=transformer_config.num_layers, hidden_size=transformer_config.hidden_size,
-        num_attention_heads=transformer_config.num_attention_heads,
-        num_key_value_heads=transformer_config.num_key_value_heads,
-        ffn_hidden_size=transformer_config.ffn_hidden_size,
-        padded_vocab_size=transformer_config.padded_vocab_size,
-        tensor_model_parallel_size=config.parallel.tensor_model_parallel_size,
-        pipeline_model_parallel_size=config.parallel.pipeline_model_parallel_size)
-
-
 def _exit_conditions(config: TrainingConfig, start_time: float):
-    from megatron.exit_conditions import ExitConditions, TerminationSignalHandler
+    from megatron.training.exit_conditions import ExitConditions, TerminationSignalHandler
 
     schedule = config.schedule
     return ExitConditions(
@@ -153,13 +144,13 @@ def _save_and_exit_hook(checkpointer, exit_conditions, config: TrainingConfig):
     return hook
 
 
-def run(context: RunContext, *, max_consecutive_nonfinite: int = 10) -> TrainState:
+def run(context: RunContext) -> TrainState:
     """Train (unless --skip-train), then evaluate on the validation and test splits."""
     config = context.config
     start = time.monotonic()
     if not config.schedule.skip_train and config.schedule.train_iters > 0:
         print_rank_0("> training ...")
-        train(context, max_consecutive_nonfinite=max_consecutive_nonfinite)
+        train(context)
         print_rank_0(f"> training done: {context.state.iteration} iterations in "
                      f"{time.monotonic() - start:.1f} s")
         save_dir = config.checkpoint.save
@@ -178,3 +169,12 @@ def run(context: RunContext, *, max_consecutive_nonfinite: int = 10) -> TrainSta
     if context.writer is not None:
         context.writer.close()
     return context.state
+
+
+def _parallel_layout_summary(config: TrainingConfig) -> str:
+    parallel = config.parallel
+    return (f"world size {parallel.world_size}: tensor parallel {parallel.tensor_model_parallel_size}"
+            f" x pipeline parallel {parallel.pipeline_model_parallel_size}"
+            f" x data parallel {parallel.data_parallel_size}"
+            f" ({'pipeline engine' if parallel.pipeline_engine else 'ZeRO engine, no pipeline'},"
+            f" ZeRO stage {parallel.zero_stage}, {config.precision.dtype})")

@@ -11,10 +11,10 @@ from typing import Any, Dict, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-from megatron.batch import get_batch, masked_mean_loss
+from megatron.training.batch import get_batch, masked_mean_loss
 from megatron.core import parallel_state
-from megatron.nonfinite import NonFiniteStepGuard
-from megatron.timers import Timers
+from megatron.training.nonfinite import NonFiniteStepGuard
+from megatron.training.timers import Timers
 
 
 @dataclass

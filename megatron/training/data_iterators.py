@@ -5,7 +5,7 @@ from typing import Iterator, Optional, Tuple
 
 from megatron.config.schema import TrainingConfig
 from megatron.core import parallel_state
-from megatron.train_state import TrainState
+from megatron.training.train_state import TrainState
 
 
 def train_valid_test_num_samples(config: TrainingConfig) -> Tuple[int, int, int]:

@@ -16,7 +16,7 @@ _NAMES = ("momentum", "variance", "variance_sqrt", "weight")
 
 
 def _reduce(tensor: torch.Tensor, op: str, group) -> None:
-    # Through deepspeed.comm, like every other collective of a step (see megatron/nonfinite.py).
+    # Through deepspeed.comm, like every other collective of a step (see megatron/training/nonfinite.py).
     if dist.is_initialized() and dist.get_world_size(group) > 1:
         import deepspeed.comm as ds_dist
 

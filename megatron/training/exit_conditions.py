@@ -17,7 +17,7 @@ def _any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is True on at least one."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return flag
-    # Through deepspeed.comm, like every other collective of a step (see megatron/nonfinite.py).
+    # Through deepspeed.comm, like every other collective of a step (see megatron/training/nonfinite.py).
     import deepspeed.comm as ds_dist
     from deepspeed.accelerator import get_accelerator
 

@@ -1,10 +1,4 @@
-"""DeepSpeed checkpoints in upstream's layout, saved crash-safe and resumed exactly.
-
-Layout (formats.md 3.B): `<save>/global_stepN/` holds DeepSpeed's files (`mp_rank_XX_model_states.pt`,
-ZeRO optimizer shards, pipeline layer files), plus this project's `rng_state_rank_RRRRR.pt`
-(one per global rank: DeepSpeed writes client state only from data-parallel rank 0) and
-`megatron_manifest.json` (every file with its size, the model shape and the iteration).
-`<save>/latest` holds the tag and `<save>/latest_checkpointed_iteration.txt` the iteration.
+"""Saving and loading a run: DeepSpeed's engine state plus this project's client state.
 
 Crash safety: every rank writes into `global_stepN.saving/`; only after all ranks finished
 does rank 0 write the manifest, rename the folder to `global_stepN/` and then replace the two
@@ -17,201 +11,30 @@ import argparse
 import glob
 import json
 import os
-import random
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-LATEST_FILE = "latest"
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
-MANIFEST_FILE = "megatron_manifest.json"
-STAGING_SUFFIX = ".saving"
-REPLACED_SUFFIX = ".replaced"
+from megatron.checkpointing.fingerprint import ModelFingerprint, fingerprint_from_upstream_args
+from megatron.checkpointing.hooks import SaveHooks
+from megatron.checkpointing.layout import (LATEST_FILE, MANIFEST_FILE, REPLACED_SUFFIX,
+                                           STAGING_SUFFIX, TRACKER_FILE, atomic_write_text,
+                                           fsync_directory, missing_files, newest_complete_tag,
+                                           read_latest_tag, read_manifest, rng_file_name,
+                                           tag_of_iteration)
+from megatron.checkpointing.rng import capture_rng_states, restore_rng_states
+from megatron.core.utils import print_rank_0
+
 CHECKPOINT_VERSION = 3.0
-_TAG_PATTERN = re.compile(r"^global_step(\d+)$")
-# Test-only, "ITERATION:SECONDS": sleep in the middle of that iteration's save (after DeepSpeed
-# wrote its files, before the commit), so a test can kill a rank there deterministically.
-STALL_ENV = "MEGATRON_TEST_STALL_IN_SAVE"
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used as asked; the message names the files or fields."""
 
-
-@dataclass(frozen=True)
-class ModelFingerprint:
-    """What must match between a checkpoint and the flags for the weights to fit."""
-
-    num_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    ffn_hidden_size: int
-    padded_vocab_size: int
-    tensor_model_parallel_size: int
-    pipeline_model_parallel_size: int
-
-    _FLAGS = {
-        "num_layers": "--num-layers", "hidden_size": "--hidden-size",
-        "num_attention_heads": "--num-attention-heads",
-        "num_key_value_heads": "--num-key-value-heads", "ffn_hidden_size": "--ffn-hidden-size",
-        "padded_vocab_size": "padded vocabulary size (tokenizer, --make-vocab-size-divisible-by)",
-        "tensor_model_parallel_size": "--tensor-model-parallel-size",
-        "pipeline_model_parallel_size": "--pipeline-model-parallel-size",
-    }
-
-    def mismatches(self, saved: Dict[str, Any]) -> List[str]:
-        """'field: checkpoint X, flags Y' for every field the checkpoint records differently."""
-        found = []
-        for name, value in asdict(self).items():
-            if name in saved and saved[name] is not None and saved[name] != value:
-                found.append(f"{self._FLAGS[name]}: checkpoint {saved[name]}, flags {value}")
-        return found
-
-
-def fingerprint_from_upstream_args(args: Any) -> Dict[str, Any]:
-    """The fingerprint fields an upstream checkpoint's `args` Namespace records."""
-    names = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
-             "padded_vocab_size", "tensor_model_parallel_size", "pipeline_model_parallel_size")
-    values = {name: getattr(args, name, None) for name in names}
-    kv_heads = getattr(args, "num_key_value_heads", None)
-    values["num_key_value_heads"] = kv_heads
-    return values
-
-
-# ---------------------------------------------------------------------------------------------
-# Files
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write `text` to `path` so readers see the old or the new content, never a mix."""
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(os.path.dirname(path) or ".")
-
-
-def _fsync_directory(path: str) -> None:
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def rng_file_name(rank: int) -> str:
-    return f"rng_state_rank_{rank:05d}.pt"
-
-
-def read_latest_tag(load_dir: str) -> Optional[str]:
-    path = os.path.join(load_dir, LATEST_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as handle:
-        return handle.read().strip()
-
-
-def missing_files(tag_dir: str) -> List[str]:
-    """Files the checkpoint needs but lacks (or that are shorter than recorded).
-
-    With this project's manifest every file is checked; an upstream checkpoint without one
-    only needs at least one `mp_rank_*_model_states.pt` (DeepSpeed names the rest on load).
-    """
-    if not os.path.isdir(tag_dir):
-        return [tag_dir + "/"]
-    manifest_path = os.path.join(tag_dir, MANIFEST_FILE)
-    if not os.path.isfile(manifest_path):
-        if glob.glob(os.path.join(tag_dir, "*model_states.pt")):
-            return []
-        return [os.path.join(tag_dir, "mp_rank_00_model_states.pt")]
-    try:
-        with open(manifest_path) as handle:
-            manifest = json.load(handle)
-    except (OSError, ValueError):
-        return [manifest_path + " (unreadable)"]
-    missing = []
-    for name, size in manifest.get("files", {}).items():
-        path = os.path.join(tag_dir, name)
-        if not os.path.isfile(path):
-            missing.append(path)
-        elif os.path.getsize(path) != size:
-            missing.append(f"{path} (size {os.path.getsize(path)}, expected {size})")
-    return missing
-
-
-def read_manifest(tag_dir: str) -> Optional[Dict[str, Any]]:
-    path = os.path.join(tag_dir, MANIFEST_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as handle:
-        return json.load(handle)
-
-
-def newest_complete_tag(load_dir: str) -> Optional[str]:
-    """The `global_stepN` with the largest N that has every file it needs."""
-    tags = []
-    for entry in os.listdir(load_dir) if os.path.isdir(load_dir) else []:
-        match = _TAG_PATTERN.match(entry)
-        if match and os.path.isdir(os.path.join(load_dir, entry)):
-            tags.append((int(match.group(1)), entry))
-    for _, tag in sorted(tags, reverse=True):
-        if not missing_files(os.path.join(load_dir, tag)):
-            return tag
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Random states
-
-
-def capture_rng_states() -> Dict[str, Any]:
-    """Every generator training draws from on this rank."""
-    from deepspeed.accelerator import get_accelerator
-
-    from megatron.core.tensor_parallel import get_cuda_rng_tracker
-
-    accelerator = get_accelerator()
-    states = {
-        "random_rng_state": random.getstate(),
-        "np_rng_state": np.random.get_state(),
-        "torch_rng_state": torch.get_rng_state(),
-        "rng_tracker_states": get_cuda_rng_tracker().get_states(),
-    }
-    if accelerator.device_name() != "cpu":
-        states["cuda_rng_state"] = accelerator.get_rng_state()
-    return states
-
-
-def restore_rng_states(states: Dict[str, Any]) -> None:
-    from deepspeed.accelerator import get_accelerator
-
-    from megatron.core.tensor_parallel import get_cuda_rng_tracker
-
-    accelerator = get_accelerator()
-    random.setstate(states["random_rng_state"])
-    np.random.set_state(states["np_rng_state"])
-    torch.set_rng_state(states["torch_rng_state"])
-    if "cuda_rng_state" in states and accelerator.device_name() != "cpu":
-        accelerator.set_rng_state(states["cuda_rng_state"])
-    get_cuda_rng_tracker().set_states(states["rng_tracker_states"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Save and load
 
 
 def _barrier() -> None:
@@ -225,11 +48,6 @@ def _rank() -> int:
 
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def _print_rank_0(message: str) -> None:
-    if _rank() == 0:
-        print(message, flush=True)
 
 
 @dataclass
@@ -246,16 +64,19 @@ class Checkpointer:
 
     engine: the `deepspeed` engine (ZeRO or pipeline). scheduler: the
     `OptimizerParamScheduler`. state: the `TrainState`. config: the `CheckpointConfig`.
+    save_hooks: fault-injection points for tests (`SaveHooks`, no-ops by default).
     """
 
     def __init__(self, *, engine, scheduler, state, config, fingerprint: ModelFingerprint,
-                 args: Optional[argparse.Namespace] = None) -> None:
+                 args: Optional[argparse.Namespace] = None,
+                 save_hooks: Optional[SaveHooks] = None) -> None:
         self.engine = engine
         self.scheduler = scheduler
         self.state = state
         self.config = config
         self.fingerprint = fingerprint
         self.args = args
+        self.save_hooks = save_hooks or SaveHooks()
         self.last_saved_iteration: Optional[int] = None
         self.loaded: LoadResult = LoadResult()
 
@@ -283,13 +104,13 @@ class Checkpointer:
     def save(self, save_dir: str) -> bool:
         """Save the current iteration as `global_stepN`; False when it is already saved."""
         iteration = self.state.iteration
-        tag = f"global_step{iteration}"
+        tag = tag_of_iteration(iteration)
         if iteration == self.last_saved_iteration:
             return False
         if (
                 self.loaded.iteration == iteration and self.loaded.tag == tag
                 and os.path.abspath(self.config.load or "") == os.path.abspath(save_dir)):
-            _print_rank_0(f"> checkpoint {tag} in {save_dir} is already up to date; not rewritten")
+            print_rank_0(f"> checkpoint {tag} in {save_dir} is already up to date; not rewritten")
             return False
         start = time.monotonic()
         staging = tag + STAGING_SUFFIX
@@ -313,7 +134,7 @@ class Checkpointer:
         if not save_optim and _rank() == 0:
             self._strip_optimizer_from_model_states(staging_dir)
 
-        self._test_stall(iteration, tag)
+        self.save_hooks.after_engine_files(iteration=iteration, tag=tag, staging_dir=staging_dir)
 
         if not self.config.no_save_rng:
             rng_path = os.path.join(staging_dir, rng_file_name(_rank()))
@@ -324,20 +145,9 @@ class Checkpointer:
             self._commit(save_dir, tag, staging_dir, iteration)
         _barrier()
         self.last_saved_iteration = iteration
-        _print_rank_0(f"> saved checkpoint {tag} (iteration {iteration}) to {save_dir} "
+        print_rank_0(f"> saved checkpoint {tag} (iteration {iteration}) to {save_dir} "
                       f"in {time.monotonic() - start:.1f} s")
         return True
-
-    @staticmethod
-    def _test_stall(iteration: int, tag: str) -> None:
-        spec = os.environ.get(STALL_ENV)
-        if not spec:
-            return
-        stall_iteration, seconds = spec.split(":")
-        if int(stall_iteration) == iteration:
-            print(f"[rank {_rank()}] test hook: stalling {seconds} s inside the save of {tag}",
-                  flush=True)
-            time.sleep(float(seconds))
 
     def _strip_optimizer_from_model_states(self, staging_dir: str) -> None:
         """--no-save-optim without ZeRO: DeepSpeed puts the optimizer into the model states."""
@@ -359,6 +169,7 @@ class Checkpointer:
                     "model": asdict(self.fingerprint), "files": files,
                     "has_optimizer_states": not self.config.no_save_optim,
                     "has_rng_states": not self.config.no_save_rng}
+        self.save_hooks.before_commit(iteration=iteration, tag=tag, staging_dir=staging_dir)
         atomic_write_text(os.path.join(staging_dir, MANIFEST_FILE), json.dumps(manifest, indent=1))
         final_dir = os.path.join(save_dir, tag)
         replaced_dir = final_dir + REPLACED_SUFFIX
@@ -368,8 +179,10 @@ class Checkpointer:
                 shutil.rmtree(replaced_dir)
             os.rename(final_dir, replaced_dir)
         os.rename(staging_dir, final_dir)
-        _fsync_directory(save_dir)
+        fsync_directory(save_dir)
+        self.save_hooks.after_rename(iteration=iteration, tag=tag, final_dir=final_dir)
         atomic_write_text(os.path.join(save_dir, LATEST_FILE), tag)
+        self.save_hooks.between_trackers(iteration=iteration, tag=tag)
         atomic_write_text(os.path.join(save_dir, TRACKER_FILE), str(iteration))
         if os.path.exists(replaced_dir):
             shutil.rmtree(replaced_dir)
@@ -386,7 +199,7 @@ class Checkpointer:
                 with open(tracker) as handle:
                     iteration = handle.read().strip()
                 if iteration.isdigit():
-                    return f"global_step{int(iteration)}"
+                    return tag_of_iteration(int(iteration))
         return tag
 
     def _check_complete(self, load_dir: str, tag: str) -> None:
@@ -436,7 +249,7 @@ class Checkpointer:
             if config.exit_on_missing_checkpoint:
                 raise CheckpointError(f"--load {load_dir}: no checkpoint found (no {LATEST_FILE} or "
                                       f"{TRACKER_FILE} file) and --exit-on-missing-checkpoint is set")
-            _print_rank_0(f"> no checkpoint found in --load {load_dir} (no {LATEST_FILE} file); "
+            print_rank_0(f"> no checkpoint found in --load {load_dir} (no {LATEST_FILE} file); "
                           "starting from scratch")
             return self.loaded
         self._check_complete(load_dir, tag)
@@ -456,7 +269,7 @@ class Checkpointer:
         client = client or {}
         result = LoadResult(tag=tag)
         if finetune:
-            _print_rank_0(f"> loaded the weights of {tag} from {load_dir} (--finetune: iteration, "
+            print_rank_0(f"> loaded the weights of {tag} from {load_dir} (--finetune: iteration, "
                           "optimizer, scheduler and RNG start afresh)")
             self.loaded = result
             return result
@@ -480,10 +293,10 @@ class Checkpointer:
             if os.path.isfile(rng_path) and saved_world in (None, _world_size()):
                 result.rng_states = torch.load(rng_path, map_location="cpu", weights_only=False)
             else:
-                _print_rank_0(f"> warning: checkpoint {tag} has no random states for this layout "
+                print_rank_0(f"> warning: checkpoint {tag} has no random states for this layout "
                               f"(saved with world size {saved_world}, --no-save-rng, or upstream); "
                               "random states start from --seed")
-        _print_rank_0(f"> loaded checkpoint {tag} from {load_dir} at iteration "
+        print_rank_0(f"> loaded checkpoint {tag} from {load_dir} at iteration "
                       f"{self.state.iteration} (consumed samples "
                       f"{self.state.consumed_train_samples}"
                       f"{', optimizer state not loaded' if not load_optimizer else ''})")

@@ -1,0 +1,117 @@
+"""Where a checkpoint's files live, how the tracker files point at one, and what is complete.
+
+Layout (docs/formats.md, "Checkpoints"): `<save>/global_stepN/` holds DeepSpeed's files
+(`mp_rank_XX_model_states.pt`, ZeRO optimizer shards, pipeline layer files), plus this
+project's `rng_state_rank_RRRRR.pt` (one per global rank) and `megatron_manifest.json`
+(every file with its size, the model shape and the iteration). `<save>/latest` holds the tag
+and `<save>/latest_checkpointed_iteration.txt` the iteration.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from typing import Any, Dict, List, Optional
+
+LATEST_FILE = "latest"
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+MANIFEST_FILE = "megatron_manifest.json"
+STAGING_SUFFIX = ".saving"
+REPLACED_SUFFIX = ".replaced"
+_TAG_PATTERN = re.compile(r"^global_step(\d+)$")
+
+
+def tag_of_iteration(iteration: int) -> str:
+    """The folder name upstream gives the checkpoint of `iteration`."""
+    return f"global_step{iteration}"
+
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write `text` to `path` so readers see the old or the new content, never a mix."""
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fsync_directory(os.path.dirname(path) or ".")
+
+
+def fsync_directory(path: str) -> None:
+    """Make a rename or new file in `path` durable (best effort where directories cannot be opened)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def rng_file_name(rank: int) -> str:
+    """The file holding global rank `rank`'s random states."""
+    return f"rng_state_rank_{rank:05d}.pt"
+
+
+def read_latest_tag(load_dir: str) -> Optional[str]:
+    """The tag `<load_dir>/latest` names, or None without that file."""
+    path = os.path.join(load_dir, LATEST_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        return handle.read().strip()
+
+
+def missing_files(tag_dir: str) -> List[str]:
+    """Files the checkpoint needs but lacks (or that are shorter than recorded).
+
+    With this project's manifest every file is checked; an upstream checkpoint without one
+    only needs at least one `mp_rank_*_model_states.pt` (DeepSpeed names the rest on load).
+    """
+    if not os.path.isdir(tag_dir):
+        return [tag_dir + "/"]
+    manifest_path = os.path.join(tag_dir, MANIFEST_FILE)
+    if not os.path.isfile(manifest_path):
+        if glob.glob(os.path.join(tag_dir, "*model_states.pt")):
+            return []
+        return [os.path.join(tag_dir, "mp_rank_00_model_states.pt")]
+    try:
+        with open(manifest_path) as handle:
+            manifest = json.load(handle)
+    except (OSError, ValueError):
+        return [manifest_path + " (unreadable)"]
+    missing = []
+    for name, size in manifest.get("files", {}).items():
+        path = os.path.join(tag_dir, name)
+        if not os.path.isfile(path):
+            missing.append(path)
+        elif os.path.getsize(path) != size:
+            missing.append(f"{path} (size {os.path.getsize(path)}, expected {size})")
+    return missing
+
+
+def read_manifest(tag_dir: str) -> Optional[Dict[str, Any]]:
+    """This project's manifest of a checkpoint folder, or None (e.g. an upstream checkpoint)."""
+    path = os.path.join(tag_dir, MANIFEST_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def newest_complete_tag(load_dir: str) -> Optional[str]:
+    """The `global_stepN` with the largest N that has every file it needs."""
+    tags = []
+    for entry in os.listdir(load_dir) if os.path.isdir(load_dir) else []:
+        match = _TAG_PATTERN.match(entry)
+        if match and os.path.isdir(os.path.join(load_dir, entry)):
+            tags.append((int(match.group(1)), entry))
+    for _, tag in sorted(tags, reverse=True):
+        if not missing_files(os.path.join(load_dir, tag)):
+            return tag
+    return None

@@ -1,0 +1,18 @@
+"""Printing once per job: rank 0 for set-up messages, the last rank for training lines."""
+import torch.distributed as dist
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def print_rank_0(message: str) -> None:
+    """Print on global rank 0 only (or when not distributed)."""
+    if not _distributed() or dist.get_rank() == 0:
+        print(message, flush=True)
+
+
+def print_rank_last(message: str) -> None:
+    """Print on the last global rank only: in a pipeline it holds the loss, as upstream logs it."""
+    if not _distributed() or dist.get_rank() == dist.get_world_size() - 1:
+        print(message, flush=True)

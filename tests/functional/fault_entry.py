@@ -1,0 +1,45 @@
+"""Test-only entry point: pretrain_gpt.py with a stall injected into one phase of a save.
+
+STALL_IN_SAVE="PHASE:ITERATION:SECONDS" (PHASE a `megatron.checkpointing.SaveHooks` method,
+e.g. after_engine_files) makes every rank that reaches PHASE of that iteration's save print a
+marker line and sleep, so a test can kill it there deterministically. The fault reaches the
+product only through the `save_hooks` seam; not part of the product.
+"""
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def stalling_hooks(spec: str):
+    from megatron.checkpointing import SaveHooks
+
+    phase, iteration, seconds = spec.split(":")
+    if not callable(getattr(SaveHooks, phase, None)):
+        raise ValueError(f"STALL_IN_SAVE: {phase} is not a SaveHooks phase")
+
+    class StallingHooks(SaveHooks):
+        pass
+
+    def stall(self, **where):
+        if where["iteration"] == int(iteration):
+            rank = os.environ.get("RANK", "0")
+            print(f"[rank {rank}] test hook: stalling {seconds} s at {phase} of {where['tag']}",
+                  flush=True)
+            time.sleep(float(seconds))
+
+    setattr(StallingHooks, phase, stall)
+    return StallingHooks()
+
+
+def main() -> int:
+    import pretrain_gpt
+
+    spec = os.environ.get("STALL_IN_SAVE")
+    return pretrain_gpt.main(sys.argv[1:], save_hooks=stalling_hooks(spec) if spec else None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
