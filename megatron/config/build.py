@@ -5,8 +5,7 @@ import argparse
 from typing import FrozenSet, Optional, Tuple
 
 from megatron.config.deepspeed_json import load_deepspeed_json, reconcile_deepspeed_config
-from megatron.config.schema import (BatchConfig, OptimizerConfig, ParallelConfig, PrecisionConfig,
-                                    TrainingConfig)
+from megatron.config.schema import BatchConfig, OptimizerConfig, ParallelConfig, TrainingConfig
 from megatron.config.model import build_model_config
 from megatron.config.sections import (build_activation_checkpoint_config, build_checkpoint_config,
                                       build_data_config, build_logging_config, build_schedule_config)
@@ -111,7 +110,8 @@ def build_config(args: argparse.Namespace, *, world_size: int, accelerator_name:
     json_config = load_deepspeed_json(config_path, flag) if config_path else {}
     merged = reconcile_deepspeed_config(json_config, args, explicit=explicit, data_parallel_size=dp,
                                         source=f"{flag} {config_path}" if config_path else "the DeepSpeed config")
-    if merged.dtype == "fp16" and accelerator_name == "cpu":
+    precision = merged.precision
+    if precision.dtype == "fp16" and accelerator_name == "cpu":
         raise ValueError("--fp16 is not available on a CPU: DeepSpeed refuses fp16 there (\"Type fp16 is not "
                          "supported on your device\"); use --bf16 (or fp32) and set \"fp16.enabled\" to false")
     if merged.zero_stage >= 2 and not args.no_pipeline_parallel:
@@ -119,20 +119,15 @@ def build_config(args: argparse.Namespace, *, world_size: int, accelerator_name:
                          f"work with DeepSpeed's pipeline engine (--pipeline-model-parallel-size {pp}); use ZeRO "
                          "stage 0 or 1, or --no-pipeline-parallel with --pipeline-model-parallel-size 1")
     rampup = _rampup(args)
-    precision = PrecisionConfig(
-        dtype=merged.dtype, loss_scale=merged.loss_scale, initial_loss_scale=merged.initial_loss_scale,
-        min_loss_scale=merged.min_loss_scale, loss_scale_window=merged.loss_scale_window,
-        hysteresis=merged.hysteresis, accumulate_allreduce_grads_in_fp32=(
-            args.accumulate_allreduce_grads_in_fp32 or merged.dtype == "bf16"))
     model = build_model_config(args, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                params_dtype=precision.params_dtype)
     schedule = build_schedule_config(args, global_batch_size=merged.global_batch_size,
                                      micro_batch_size=merged.micro_batch_size, data_parallel_size=dp,
                                      rampup=rampup)
-    if model.fp32_residual_connection and merged.dtype == "fp32":
+    if model.fp32_residual_connection and precision.dtype == "fp32":
         raise ValueError("--fp32-residual-connection needs --fp16 or --bf16")
-    if merged.dtype == "fp16" and merged.loss_scale is not None and merged.loss_scale <= 0:
-        raise ValueError(f"--loss-scale must be positive, got {merged.loss_scale}")
+    if precision.dtype == "fp16" and precision.loss_scale is not None and precision.loss_scale <= 0:
+        raise ValueError(f"--loss-scale must be positive, got {precision.loss_scale}")
     parallel = ParallelConfig(
         world_size=world_size, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
         data_parallel_size=dp, sequence_parallel=args.sequence_parallel,

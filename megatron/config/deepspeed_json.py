@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
+from megatron.config.schema import PrecisionConfig
+
 _ABSENT = object()
 
 
@@ -89,12 +91,7 @@ class ReconciledDeepSpeed:
     gradient_accumulation_steps: int
     zero_stage: int
     clip_grad: float
-    dtype: str
-    loss_scale: Optional[float]
-    initial_loss_scale: float
-    min_loss_scale: float
-    loss_scale_window: float
-    hysteresis: int
+    precision: PrecisionConfig
     activation_checkpointing: Dict[str, bool]
 
 
@@ -253,5 +250,9 @@ def reconcile_deepspeed_config(json_config: Dict[str, Any], args: argparse.Names
             merger.set(f"activation_checkpointing.{key}", activation[dest])
     if args.sequence_parallel and not args.no_pipeline_parallel:
         _unpartitioned_pipeline_transfers(merger)
-    return ReconciledDeepSpeed(merger.config, micro, glob, steps, stage, float(clip), dtype, loss_scale,
-                               initial, minimum, window, hysteresis, activation)
+    precision = PrecisionConfig(
+        dtype=dtype, loss_scale=loss_scale, initial_loss_scale=initial, min_loss_scale=minimum,
+        loss_scale_window=window, hysteresis=hysteresis,
+        accumulate_allreduce_grads_in_fp32=args.accumulate_allreduce_grads_in_fp32 or dtype == "bf16")
+    return ReconciledDeepSpeed(merger.config, micro, glob, steps, stage, float(clip), precision,
+                               activation)
