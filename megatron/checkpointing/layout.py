@@ -1,6 +1,6 @@
 """Where a checkpoint's files live, how the tracker files point at one, and what is complete.
 
-Layout (docs/formats.md, "Checkpoints"): `<save>/global_stepN/` holds DeepSpeed's files
+Layout (docs/formats.md, sections 3B-3C): `<save>/global_stepN/` holds DeepSpeed's files
 (`mp_rank_XX_model_states.pt`, ZeRO optimizer shards, pipeline layer files), plus this
 project's `rng_state_rank_RRRRR.pt` (one per global rank) and `megatron_manifest.json`
 (every file with its size, the model shape and the iteration). `<save>/latest` holds the tag

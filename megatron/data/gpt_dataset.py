@@ -1,7 +1,7 @@
 """GPT pretraining dataset: fixed-length samples cut from shuffled documents.
 
 The doc/sample/shuffle index arrays, their random stream and their cache names follow
-Megatron-DeepSpeed exactly (formats.md section 2), so existing `index-cache/` folders are
+Megatron-DeepSpeed exactly (docs/formats.md, section 2), so existing `index-cache/` folders are
 reused and fresh builds give the same arrays element for element.
 """
 from __future__ import annotations

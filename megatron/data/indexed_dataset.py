@@ -1,6 +1,6 @@
 """Mmap indexed dataset (`<prefix>.idx` + `<prefix>.bin`), byte-compatible with upstream.
 
-Layout (formats.md section 1): the index holds magic, version, dtype code, the number of
+Layout (docs/formats.md, section 1): the index holds magic, version, dtype code, the number of
 sequences N and of `doc_idx` entries D, then int32 sizes[N], int64 pointers[N] (byte
 offsets into `.bin`), int64 doc_idx[D]. The `.bin` is the raw concatenation of the tokens.
 Readers memory-map both files. The legacy `TNTIDX` index is read by `LegacyIndexedDataset`.

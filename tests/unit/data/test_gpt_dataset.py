@@ -1,6 +1,6 @@
 """GPT dataset: upstream index semantics, sample contents, caching and splits.
 
-`reference_indices` is an independent transcription of the semantics in formats.md
+`reference_indices` is an independent transcription of the semantics in docs/formats.md,
 section 2 (epoch loop, mgrid-tiled doc ids, token-by-token sample walk), written here.
 """
 import hashlib

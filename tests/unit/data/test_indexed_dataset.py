@@ -12,7 +12,7 @@ CODES = {np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.int16): 3,
 
 
 def parse_idx(path):
-    """Independent parse of the .idx layout of formats.md section 1."""
+    """Independent parse of the .idx layout (docs/formats.md, section 1)."""
     data = open(path, "rb").read()
     assert data[:9] == b"MMIDIDX\x00\x00"
     version, = struct.unpack_from("<Q", data, 9)
