@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 def matmul_peak(sizes=(1024, 2048, 4096), reps: int = 3) -> float:
     """fp32 matmul FLOP/s: the best over square sizes of the median over `reps` products
-    (perf-baselines.md measures 96 GFLOP/s at one thread on these machines)."""
+    (about 96 GFLOP/s at one thread on the 2-core CPU machines)."""
     rates = []
     for size in sizes:
         a, b = torch.randn(size, size), torch.randn(size, size)

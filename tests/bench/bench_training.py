@@ -8,7 +8,7 @@ Runs the real entry point (through torchrun for several ranks) on synthetic toke
 fixed number of iterations, drops the first log interval (start-up, first-touch allocation),
 and compares the model FLOP rate (megatron.training.flops: the Megatron formula, GQA/SwiGLU/recompute
 aware) with a matmul peak measured here in the same precision and thread count.
-Reference points on the 2-core CPU machines (../shared/docs/perf-baselines.md): upstream
+Reference points measured on the 2-core CPU machines (tests/bench/RESULTS.md): upstream
 Megatron-DeepSpeed, tiny shape: ~970 tokens/s on 1 process, ~650 on PP2; a plain PyTorch
 loop reaches 74% of the fp32 matmul peak on the 125M shape at one thread.
 """

@@ -1,6 +1,6 @@
 """Argument sets of Megatron-DeepSpeed's seven rebase launch scripts, at small sizes.
 
-Transcribed from ../shared/docs/compat-flags.md (flag union, per-script layout table and the
+Transcribed from upstream's rebase scripts (their flag union, per-script layouts and the
 DeepSpeed JSON template); only the sizes are shrunk so the configs build instantly.
 """
 from __future__ import annotations

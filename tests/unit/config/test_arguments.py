@@ -1,4 +1,4 @@
-"""Parser snapshot: every flag of compat-flags.md with its upstream dest, default and type."""
+"""Parser snapshot: every flag of upstream's launch scripts with its upstream dest, default and type."""
 import argparse
 
 import pytest
@@ -8,7 +8,7 @@ from megatron.arguments import build_parser, parse_args
 from tests.unit.config.rebase_scripts import SCRIPTS, script_argv
 
 SWITCH, OFF_SWITCH = "store_true", "store_false"
-# (flag, dest, default, type or switch kind), written from compat-flags.md and upstream arguments.py.
+# (flag, dest, default, type or switch kind), written from upstream's scripts and arguments.py.
 SNAPSHOT = [
     ("--override-opt_param-scheduler", "override_opt_param_scheduler", False, SWITCH),
     ("--adam-beta1", "adam_beta1", 0.9, float),
