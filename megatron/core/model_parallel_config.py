@@ -23,9 +23,10 @@ class ModelParallelConfig:
     (`--sequence-parallel`); needs tensor_model_parallel_size > 1."""
 
     use_cpu_initialization: bool = False
-    """Initialize each full weight on CPU from a generator seeded by (init_seed, parameter
-    name), then keep this rank's slice, so every layout gets the same model
-    (`--use-cpu-initialization`)."""
+    """Initialize each full weight on CPU, then keep this rank's slice, so every layout gets
+    the same model (`--use-cpu-initialization`). Layers given an `init_key` (the GPT
+    model's) draw from a generator seeded by (init_seed, that name); layers without one
+    draw from the default CPU generator, as upstream."""
 
     perform_initialization: bool = True
     """Run the init methods; switched off when the weights are loaded from a checkpoint

@@ -171,6 +171,12 @@ def get_tensor_model_parallel_group() -> Any:
     return _state().groups["tensor"]
 
 
+def get_tensor_model_parallel_group_if_none(group: Optional[Any] = None) -> Any:
+    """`group` itself, or the caller's tensor-parallel group when None (what layers and
+    mappings fall back to when their caller passes no group)."""
+    return get_tensor_model_parallel_group() if group is None else group
+
+
 def get_tensor_model_parallel_world_size() -> int:
     return len(_ranks("tensor"))
 
@@ -264,6 +270,24 @@ def get_embedding_group_ranks() -> Tuple[int, ...]:
 def is_rank_in_embedding_group() -> bool:
     """Whether the caller holds a copy of the word embeddings (first or last stage)."""
     return "embedding" in _state().ranks
+
+
+def check_model_parallel_sizes(*, tensor_model_parallel_size: int,
+                               pipeline_model_parallel_size: int) -> None:
+    """Raise ValueError, naming the flags, when a model's configured sizes differ from the
+    initialized groups (a config built for another layout would split wrongly)."""
+    groups = get_rank_groups()
+    mismatches = [
+        f"--{flag} {configured} but the initialized groups have {initialized}"
+        for flag, configured, initialized in (
+            ("tensor-model-parallel-size", tensor_model_parallel_size,
+             groups.tensor_model_parallel_size),
+            ("pipeline-model-parallel-size", pipeline_model_parallel_size,
+             groups.pipeline_model_parallel_size))
+        if configured != initialized]
+    if mismatches:
+        raise ValueError("model config does not match the parallel groups: "
+                         + "; ".join(mismatches))
 
 
 class DeepSpeedMPU:

@@ -164,11 +164,11 @@ class ParallelAttention(torch.nn.Module):
             # query head i reads key/value head i // queries_per_group
             key = key.repeat_interleave(self.queries_per_group, dim=2)
             value = value.repeat_interleave(self.queries_per_group, dim=2)
-        if recompute.selective_recompute(self.config) and self.training and torch.is_grad_enabled():
+        if recompute.selective_recompute(self.config):
             # Selective recompute: keep q, k, v; the [b, np, s, s] scores and probabilities
             # are rebuilt in backward under the same dropout RNG.
-            context = recompute.checkpoint_function(self.config)(
-                self.core_attention, query, key, value, attention_mask)
+            context = recompute.checkpoint_when_training(
+                self.config, self, self.core_attention, query, key, value, attention_mask)
         else:
             context = self.core_attention(query, key, value, attention_mask)
         return self.dense(context)

@@ -1,7 +1,7 @@
 """GPTModelPipe: the GPT model as a DeepSpeed `PipelineModule` of layer specs.
 
 Spec indices (they name the pipeline engine's `layer_NN-model_TT-model_states.pt` files,
-formats.md section 3), for L transformer layers:
+docs/formats.md, section 3B), for L transformer layers:
 
     0        cast of the inputs to the params dtype (a function: no file)
     1        EmbeddingPipe (TiedLayerSpec key "embed" unless untied)
@@ -25,9 +25,9 @@ from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from megatron.core import parallel_state
 from megatron.model import recompute
 from megatron.model.fused_layer_norm import LayerNorm, RMSNorm
-from megatron.model.gpt_model import per_token_loss
 from megatron.model.language_model import Embedding, parallel_lm_logits
-from megatron.model.rotary_pos_embedding import RotaryEmbedding
+from megatron.model.loss import per_token_loss
+from megatron.model.rotary_pos_embedding import build_rotary_embedding
 from megatron.model.transformer import ParallelTransformerLayer, sequence_parallel_rng
 from megatron.model.transformer_config import TransformerConfig
 from megatron.model.utils import param_device
@@ -70,8 +70,7 @@ class ParallelTransformerLayerPipe(ParallelTransformerLayer):
         super().__init__(config, layer_number)
         self.recompute_self = False
         """Set by GPTModelPipe for --recompute-method block."""
-        self.rotary_pos_emb = (RotaryEmbedding(config.rotary_dim, config.rotary_base)
-                               if config.position_embedding_type == "rope" else None)
+        self.rotary_pos_emb = build_rotary_embedding(config)
 
     def forward(self, inputs: Activation) -> Activation:  # type: ignore[override]
         hidden, mask = _split(inputs)
@@ -81,10 +80,10 @@ class ParallelTransformerLayerPipe(ParallelTransformerLayer):
                                             if self.config.sequence_parallel else 1)
             rotary = self.rotary_pos_emb(seq_length, device=hidden.device)
         with sequence_parallel_rng(self.config):
-            if self.recompute_self and self.training and torch.is_grad_enabled():
+            if self.recompute_self:
                 # Full-block recompute: this layer is one of the first N of its stage.
-                hidden = recompute.checkpoint_function(self.config)(
-                    super().forward, hidden, mask, rotary)
+                hidden = recompute.checkpoint_when_training(self.config, self, super().forward,
+                                                            hidden, mask, rotary)
             else:
                 hidden = super().forward(hidden, mask, rotary)
         return _join(hidden, mask)
@@ -192,10 +191,16 @@ class GPTModelPipe(PipelineModule):
     full-uniform chunks of N go through DeepSpeed's `activation_checkpoint_interval` (only
     chunks made purely of transformer layers are recomputed, as upstream), full-block marks
     the first N transformer layers of this stage, selective works inside each layer.
+
+    `config` must have the tensor- and pipeline-parallel sizes of the initialized groups
+    (ValueError naming the flags otherwise).
     """
 
     def __init__(self, config: TransformerConfig, *, partition_method: str = "parameters",
                  causal_mask_only: bool = False) -> None:
+        parallel_state.check_model_parallel_sizes(
+            tensor_model_parallel_size=config.tensor_model_parallel_size,
+            pipeline_model_parallel_size=config.pipeline_model_parallel_size)
         self.config = config
         self.specs = build_specs(config, causal_mask_only=causal_mask_only)
         super().__init__(layers=self.specs, loss_fn=pipe_loss,

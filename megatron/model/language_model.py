@@ -9,7 +9,7 @@ import torch
 from megatron.core import tensor_parallel
 from megatron.core.tensor_parallel.initialization import layout_independent_init
 from megatron.core.tensor_parallel.layers import linear_with_grad_accumulation_and_async_allreduce
-from megatron.model.rotary_pos_embedding import RotaryEmbedding
+from megatron.model.rotary_pos_embedding import build_rotary_embedding
 from megatron.model.transformer import ParallelTransformer
 from megatron.model.transformer_config import TransformerConfig
 from megatron.model.utils import param_device
@@ -86,34 +86,25 @@ class Embedding(torch.nn.Module):
 
 
 class TransformerLanguageModel(torch.nn.Module):
-    """`embedding` (first stage), `encoder` (the stack) and, untied, `output_layer`
-    (last stage): upstream's `language_model` module and parameter names."""
+    """`embedding`, `encoder` (the stack with its final norm) and, untied, `output_layer`:
+    upstream's `language_model` module and parameter names."""
 
-    def __init__(self, config: TransformerConfig, *, pre_process: bool = True,
-                 post_process: bool = True) -> None:
+    def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.config = config
-        self.pre_process = pre_process
-        self.post_process = post_process
-        if pre_process:
-            self.embedding = Embedding(config)
-        self.rotary_pos_emb = (RotaryEmbedding(config.rotary_dim, config.rotary_base)
-                               if config.position_embedding_type == "rope" else None)
-        self.encoder = ParallelTransformer(config, pre_process=pre_process,
-                                           post_process=post_process)
-        if post_process and config.untie_embeddings_and_output_weights:
+        self.embedding = Embedding(config)
+        self.rotary_pos_emb = build_rotary_embedding(config)
+        self.encoder = ParallelTransformer(config)
+        if config.untie_embeddings_and_output_weights:
             self.output_layer = tensor_parallel.ColumnParallelLinear(
                 config.hidden_size, config.padded_vocab_size, config=config,
                 init_method=config.init_method, bias=False, gather_output=False,
                 init_key="output_layer")
 
-    def set_input_tensor(self, input_tensor: Optional[torch.Tensor]) -> None:
-        self.encoder.set_input_tensor(input_tensor)
-
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor],
                 attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """-> hidden states [s(/TP), b, h], final-normed on the last stage."""
-        hidden = self.embedding(input_ids, position_ids) if self.pre_process else None
+        """-> final-normed hidden states [s(/TP), b, h]."""
+        hidden = self.embedding(input_ids, position_ids)
         rotary = None
         if self.rotary_pos_emb is not None:
             rotary = self.rotary_pos_emb(input_ids.shape[1], device=input_ids.device)

@@ -68,6 +68,16 @@ def checkpoint_function(config: TransformerConfig) -> CheckpointFunction:
     return tensor_parallel_checkpoint
 
 
+def checkpoint_when_training(config: TransformerConfig, module: torch.nn.Module,
+                             function: Callable, *args: Any) -> Any:
+    """`function(*args)`, recomputed in backward while `module` trains with autograd on
+    (GPTModel's layer chunks, GPTModelPipe's block layers, selective core attention).
+    Evaluation and no-grad runs keep no activations, so they run plainly."""
+    if module.training and torch.is_grad_enabled():
+        return checkpoint_function(config)(function, *args)
+    return function(*args)
+
+
 def _deepspeed_checkpoint(function: Callable, *args: Any) -> Any:
     """`deepspeed.checkpointing.checkpoint` given only the floating-point tensors.
 

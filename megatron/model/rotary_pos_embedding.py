@@ -6,9 +6,12 @@ the "rotate half" convention of GPT-NeoX and Megatron; the remaining dims pass t
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
+
+if TYPE_CHECKING:
+    from megatron.model.transformer_config import TransformerConfig
 
 
 class RotaryEmbedding(torch.nn.Module):
@@ -31,6 +34,14 @@ class RotaryEmbedding(torch.nn.Module):
         freqs = torch.outer(positions, inv_freq)
         angles = torch.cat((freqs, freqs), dim=-1)
         return angles[:, None, None, :]
+
+
+def build_rotary_embedding(config: "TransformerConfig") -> Optional[RotaryEmbedding]:
+    """The angle generator GPTModel and GPTModelPipe both use; None without
+    --use-rotary-position-embeddings."""
+    if config.position_embedding_type != "rope":
+        return None
+    return RotaryEmbedding(config.rotary_dim, config.rotary_base)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from megatron.core import parallel_state, tensor_parallel
+from megatron.core import tensor_parallel
 from megatron.model import recompute
 from megatron.model.attention import ParallelAttention
 from megatron.model.fused_layer_norm import build_norm
@@ -76,59 +76,32 @@ class ParallelTransformerLayer(torch.nn.Module):
         return bias_dropout_add(mlp_output, mlp_bias, residual, cfg.hidden_dropout, self.training)
 
 
-def layer_offset(config: TransformerConfig) -> int:
-    """Global index of this pipeline stage's first layer (Megatron-style stages)."""
-    if config.pipeline_model_parallel_size == 1:
-        return 0
-    per_stage = config.num_layers // config.pipeline_model_parallel_size
-    return parallel_state.get_pipeline_model_parallel_rank() * per_stage
-
-
 class ParallelTransformer(torch.nn.Module):
-    """This stage's layers (`layers.<local index>`) and, on the last stage, the
-    `final_layernorm`.
+    """All `config.num_layers` layers (`layers.<i>`) and the `final_layernorm`.
 
     Activation checkpointing (legacy `--checkpoint-activations` and full recompute) runs
     the layers through `_checkpointed_forward`; see `megatron.model.recompute`.
     """
 
-    def __init__(self, config: TransformerConfig, *, pre_process: bool = True,
-                 post_process: bool = True,
+    def __init__(self, config: TransformerConfig, *,
                  self_attn_mask_type: AttnMaskType = AttnMaskType.causal) -> None:
         super().__init__()
         self.config = config
-        self.pre_process = pre_process
-        self.post_process = post_process
-        self.input_tensor: Optional[torch.Tensor] = None
-        num_local = config.num_layers // config.pipeline_model_parallel_size
-        offset = layer_offset(config)
         self.layers = torch.nn.ModuleList([
-            ParallelTransformerLayer(config, offset + i + 1,
-                                     self_attn_mask_type=self_attn_mask_type)
-            for i in range(num_local)])
-        if post_process:
-            self.final_layernorm = build_norm(config)
-
-    def set_input_tensor(self, input_tensor: Optional[torch.Tensor]) -> None:
-        """Activation received from the previous pipeline stage (non-first stages)."""
-        self.input_tensor = input_tensor
-
-    def _layers_forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                        rotary_pos_emb: Optional[torch.Tensor]) -> torch.Tensor:
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask, rotary_pos_emb)
-        return hidden_states
+            ParallelTransformerLayer(config, index + 1, self_attn_mask_type=self_attn_mask_type)
+            for index in range(config.num_layers)])
+        self.final_layernorm = build_norm(config)
 
     def _checkpointed_forward(self, hidden_states: torch.Tensor,
                               attention_mask: Optional[torch.Tensor],
                               rotary_pos_emb: Optional[torch.Tensor]) -> torch.Tensor:
-        """The layers in chunks; checkpointed chunks keep only their input and are rerun
-        in backward (legacy `--checkpoint-activations` and full recompute)."""
-        checkpoint = recompute.checkpoint_function(self.config)
+        """The layers in chunks (a single plain chunk without recompute); checkpointed
+        chunks keep only their input and are rerun in backward while training."""
         for start, end, checkpointed in recompute.layer_chunks(self.config, len(self.layers)):
             chunk = self._chunk(start, end)
             if checkpointed:
-                hidden_states = checkpoint(chunk, hidden_states, attention_mask, rotary_pos_emb)
+                hidden_states = recompute.checkpoint_when_training(
+                    self.config, self, chunk, hidden_states, attention_mask, rotary_pos_emb)
             else:
                 hidden_states = chunk(hidden_states, attention_mask, rotary_pos_emb)
         return hidden_states
@@ -140,17 +113,9 @@ class ParallelTransformer(torch.nn.Module):
             return hidden_states
         return run
 
-    def forward(self, hidden_states: Optional[torch.Tensor],
-                attention_mask: Optional[torch.Tensor] = None,
+    def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 rotary_pos_emb: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if not self.pre_process:
-            hidden_states = self.input_tensor
-        recomputing = (self.training and torch.is_grad_enabled()
-                       and (recompute.full_recompute_chunk_size(self.config)
-                            or recompute.block_recompute_layers(self.config)))
-        run = self._checkpointed_forward if recomputing else self._layers_forward
         with sequence_parallel_rng(self.config):
-            hidden_states = run(hidden_states, attention_mask, rotary_pos_emb)
-        if self.post_process:
-            hidden_states = self.final_layernorm(hidden_states)
-        return hidden_states
+            hidden_states = self._checkpointed_forward(hidden_states, attention_mask,
+                                                       rotary_pos_emb)
+        return self.final_layernorm(hidden_states)

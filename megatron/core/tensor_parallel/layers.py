@@ -1,8 +1,12 @@
 """Tensor-parallel building blocks: column- and row-split linear layers and the
-vocabulary-split embedding (Megatron-Core's constructor style: keyword arguments, a
-`ModelParallelConfig`, an `init_method`, and `init_key`, the parameter's global name).
+vocabulary-split embedding, with upstream Megatron's constructor signatures (keyword
+arguments, a `ModelParallelConfig`, an `init_method`).
+
+Two optional keywords go beyond upstream's: `init_key`, the parameter's global name, which
+makes the initialization layout independent (see `initialization`), and `tp_group`, the
+tensor-parallel process group (None: the one of `parallel_state.initialize_model_parallel`).
 """
-from typing import Callable, Iterable, Optional, Tuple
+from typing import Any, Callable, Iterable, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -19,6 +23,7 @@ from megatron.core.tensor_parallel.mappings import (
     reduce_from_tensor_model_parallel_region,
     reduce_scatter_to_sequence_parallel_region,
     scatter_to_tensor_model_parallel_region,
+    tensor_parallel_group_size_rank,
 )
 from megatron.core.tensor_parallel.utils import VocabUtility, divide
 
@@ -105,75 +110,93 @@ def _param_device(config: ModelParallelConfig) -> torch.device:
 
 def _make_weight(shape: Tuple[int, int], full_shape: Tuple[int, int], *, partition_dim: int,
                  stride: int, config: ModelParallelConfig, init_method: Callable,
-                 init_key: str) -> Parameter:
+                 init_key: Optional[str], rank: int, world_size: int
+                 ) -> Tuple[Parameter, Optional[torch.Tensor]]:
+    """This rank's weight shard and, with CPU initialization, the full weight it was cut from."""
     weight = torch.empty(shape, dtype=config.params_dtype, device=_param_device(config))
+    full = None
     if config.perform_initialization:
-        init_partitioned_(weight, full_shape=full_shape, partition_dim=partition_dim,
-                          stride=stride, init_method=init_method, seed=config.init_seed,
-                          key=f"{init_key}.weight",
-                          rank=parallel_state.get_tensor_model_parallel_rank(),
-                          world_size=parallel_state.get_tensor_model_parallel_world_size(),
-                          full_on_cpu=config.use_cpu_initialization)
+        full = init_partitioned_(weight, full_shape=full_shape, partition_dim=partition_dim,
+                                 stride=stride, init_method=init_method, seed=config.init_seed,
+                                 key=None if init_key is None else f"{init_key}.weight",
+                                 rank=rank, world_size=world_size,
+                                 full_on_cpu=config.use_cpu_initialization)
     else:
         weight.zero_()
     weight = Parameter(weight)
     set_tensor_model_parallel_attributes(weight, True, partition_dim, stride)
-    return weight
+    return weight, full
 
 
 def _make_bias(size: int, config: ModelParallelConfig) -> Parameter:
     return Parameter(torch.zeros(size, dtype=config.params_dtype, device=_param_device(config)))
 
 
+def _refuse_moe(layer: str, moe: bool) -> None:
+    if moe:
+        raise ValueError(f"{layer}: mixture-of-experts layers (moe=True) are not supported")
+
+
 class _LinearWithAsyncAllreduce(torch.autograd.Function):
     """Linear layer whose input-gradient all-reduce overlaps the weight-gradient matmul."""
 
     @staticmethod
-    def forward(ctx, input_, weight, bias):
+    def forward(ctx, input_, weight, bias, group):
         ctx.save_for_backward(input_, weight)
         ctx.use_bias = bias is not None
+        ctx.group = group
         return F.linear(input_, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_output):
         input_, weight = ctx.saved_tensors
         grad_input = grad_output.matmul(weight)
-        handle = dist.all_reduce(grad_input, group=parallel_state.get_tensor_model_parallel_group(),
-                                 async_op=True)
+        handle = dist.all_reduce(grad_input, group=ctx.group, async_op=True)
         grad_output_2d = grad_output.reshape(-1, grad_output.size(-1))
         grad_weight = grad_output_2d.t().matmul(input_.reshape(-1, input_.size(-1)))
         grad_bias = grad_output_2d.sum(dim=0) if ctx.use_bias else None
         handle.wait()
-        return grad_input, grad_weight, grad_bias
+        return grad_input, grad_weight, grad_bias, None
 
 
 def linear_with_grad_accumulation_and_async_allreduce(
         input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
         gradient_accumulation_fusion: bool, async_grad_allreduce: bool,
-        sequence_parallel: bool) -> torch.Tensor:
+        sequence_parallel: bool, tp_group: Optional[Any] = None) -> torch.Tensor:
     """The column-parallel linear: `input` is replicated (or, with `sequence_parallel`,
     sequence-split and gathered here), `weight` is this rank's output slice."""
     if gradient_accumulation_fusion:
         raise ValueError("gradient_accumulation_fusion is not supported "
                          "(pass --no-gradient-accumulation-fusion)")
+    group, world_size, _ = tensor_parallel_group_size_rank(tp_group)
     if sequence_parallel:
-        input = gather_from_sequence_parallel_region(input, tensor_parallel_output_grad=True)
-    elif async_grad_allreduce and parallel_state.get_tensor_model_parallel_world_size() > 1:
-        return _LinearWithAsyncAllreduce.apply(input, weight, bias)
+        input = gather_from_sequence_parallel_region(input, tensor_parallel_output_grad=True,
+                                                     group=group)
+    elif async_grad_allreduce and world_size > 1:
+        return _LinearWithAsyncAllreduce.apply(input, weight, bias, group)
     else:
-        input = copy_to_tensor_model_parallel_region(input)
+        input = copy_to_tensor_model_parallel_region(input, group)
     return F.linear(input, weight, bias)
 
 
 class ColumnParallelLinear(torch.nn.Module):
     """Y = XA + b with A split along its output columns: weight is
-    [output_size / TP, input_size]. Returns (output, bias if skip_bias_add else None)."""
+    [output_size / TP, input_size]. Returns (output, bias if skip_bias_add else None).
+
+    `skip_weight_param_allocation`: no weight of its own; forward must be given one.
+    `keep_master_weight_for_test`: keep the full CPU-initialized weight as `master_weight`.
+    `moe` / `enable_expert_tensor_parallelism`: upstream's signature; moe=True is refused.
+    """
 
     def __init__(self, input_size: int, output_size: int, *, config: ModelParallelConfig,
                  init_method: Callable, bias: bool = True, gather_output: bool = False,
-                 stride: int = 1, skip_bias_add: bool = False, init_key: str) -> None:
+                 stride: int = 1, keep_master_weight_for_test: bool = False,
+                 skip_bias_add: bool = False, skip_weight_param_allocation: bool = False,
+                 moe: bool = False, enable_expert_tensor_parallelism: bool = False,
+                 init_key: Optional[str] = None, tp_group: Optional[Any] = None) -> None:
         super().__init__()
-        world_size = parallel_state.get_tensor_model_parallel_world_size()
+        _refuse_moe("ColumnParallelLinear", moe)
+        self.tp_group, world_size, rank = tensor_parallel_group_size_rank(tp_group)
         if config.sequence_parallel and gather_output:
             raise ValueError("ColumnParallelLinear: gather_output=True cannot be combined with "
                              "sequence_parallel (--sequence-parallel)")
@@ -183,9 +206,16 @@ class ColumnParallelLinear(torch.nn.Module):
         self.sequence_parallel = config.sequence_parallel
         self.async_tensor_model_parallel_allreduce = (
             config.async_tensor_model_parallel_allreduce and world_size > 1)
-        self.weight = _make_weight((self.output_size_per_partition, input_size),
-                                   (output_size, input_size), partition_dim=0, stride=stride,
-                                   config=config, init_method=init_method, init_key=init_key)
+        self.master_weight = None
+        if skip_weight_param_allocation:
+            self.register_parameter("weight", None)
+        else:
+            self.weight, full = _make_weight(
+                (self.output_size_per_partition, input_size), (output_size, input_size),
+                partition_dim=0, stride=stride, config=config, init_method=init_method,
+                init_key=init_key, rank=rank, world_size=world_size)
+            if keep_master_weight_for_test:
+                self.master_weight = full
         if bias:
             self.bias = _make_bias(self.output_size_per_partition, config)
             set_tensor_model_parallel_attributes(self.bias, True, 0, stride)
@@ -195,14 +225,22 @@ class ColumnParallelLinear(torch.nn.Module):
     def forward(self, input_: torch.Tensor, weight: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """`weight` overrides the layer's own (e.g. tied output embeddings)."""
-        weight = self.weight if weight is None else weight
+        if weight is None:
+            if self.weight is None:
+                raise ValueError("ColumnParallelLinear built with skip_weight_param_allocation "
+                                 "needs a weight in forward")
+            weight = self.weight
+        elif tuple(weight.shape) != (self.output_size_per_partition, self.input_size):
+            raise ValueError(f"ColumnParallelLinear: the given weight has shape "
+                             f"{tuple(weight.shape)}, expected "
+                             f"{(self.output_size_per_partition, self.input_size)}")
         bias = None if self.skip_bias_add else self.bias
         output = linear_with_grad_accumulation_and_async_allreduce(
             input_, weight, bias, gradient_accumulation_fusion=False,
             async_grad_allreduce=self.async_tensor_model_parallel_allreduce,
-            sequence_parallel=self.sequence_parallel)
+            sequence_parallel=self.sequence_parallel, tp_group=self.tp_group)
         if self.gather_output:
-            output = gather_from_tensor_model_parallel_region(output)
+            output = gather_from_tensor_model_parallel_region(output, self.tp_group)
         return output, (self.bias if self.skip_bias_add else None)
 
 
@@ -214,9 +252,13 @@ class RowParallelLinear(torch.nn.Module):
 
     def __init__(self, input_size: int, output_size: int, *, config: ModelParallelConfig,
                  init_method: Callable, bias: bool = True, input_is_parallel: bool = False,
-                 skip_bias_add: bool = False, stride: int = 1, init_key: str) -> None:
+                 skip_bias_add: bool = False, stride: int = 1,
+                 keep_master_weight_for_test: bool = False, moe: bool = False,
+                 enable_expert_tensor_parallelism: bool = False,
+                 init_key: Optional[str] = None, tp_group: Optional[Any] = None) -> None:
         super().__init__()
-        world_size = parallel_state.get_tensor_model_parallel_world_size()
+        _refuse_moe("RowParallelLinear", moe)
+        self.tp_group, world_size, rank = tensor_parallel_group_size_rank(tp_group)
         if config.sequence_parallel and not input_is_parallel:
             raise ValueError("RowParallelLinear: sequence_parallel (--sequence-parallel) needs "
                              "input_is_parallel=True")
@@ -224,9 +266,11 @@ class RowParallelLinear(torch.nn.Module):
         self.input_size_per_partition = divide(input_size, world_size)
         self.input_is_parallel, self.skip_bias_add = input_is_parallel, skip_bias_add
         self.sequence_parallel = config.sequence_parallel
-        self.weight = _make_weight((output_size, self.input_size_per_partition),
-                                   (output_size, input_size), partition_dim=1, stride=stride,
-                                   config=config, init_method=init_method, init_key=init_key)
+        self.weight, full = _make_weight(
+            (output_size, self.input_size_per_partition), (output_size, input_size),
+            partition_dim=1, stride=stride, config=config, init_method=init_method,
+            init_key=init_key, rank=rank, world_size=world_size)
+        self.master_weight = full if keep_master_weight_for_test else None
         if bias:
             self.bias = _make_bias(output_size, config)
             set_defaults_if_not_set_tensor_model_parallel_attributes(self.bias)
@@ -237,12 +281,12 @@ class RowParallelLinear(torch.nn.Module):
 
     def forward(self, input_: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         if not self.input_is_parallel:
-            input_ = scatter_to_tensor_model_parallel_region(input_)
+            input_ = scatter_to_tensor_model_parallel_region(input_, self.tp_group)
         partial = F.linear(input_, self.weight)
         if self.sequence_parallel:
-            output = reduce_scatter_to_sequence_parallel_region(partial)
+            output = reduce_scatter_to_sequence_parallel_region(partial, self.tp_group)
         else:
-            output = reduce_from_tensor_model_parallel_region(partial)
+            output = reduce_from_tensor_model_parallel_region(partial, self.tp_group)
         if self.skip_bias_add:
             return output, self.bias
         if self.bias is not None:
@@ -255,22 +299,24 @@ class VocabParallelEmbedding(torch.nn.Module):
     range, zeros the rest, and the partial results are summed over the TP group."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, init_method: Callable,
-                 config: ModelParallelConfig, init_key: str) -> None:
+                 config: ModelParallelConfig, init_key: Optional[str] = None,
+                 tp_group: Optional[Any] = None) -> None:
         super().__init__()
-        world_size = parallel_state.get_tensor_model_parallel_world_size()
-        rank = parallel_state.get_tensor_model_parallel_rank()
+        self.tp_group, world_size, rank = tensor_parallel_group_size_rank(tp_group)
+        self.tensor_model_parallel_size = world_size
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.vocab_start_index, self.vocab_end_index = (
             VocabUtility.vocab_range_from_global_vocab_size(num_embeddings, rank, world_size))
         self.num_embeddings_per_partition = self.vocab_end_index - self.vocab_start_index
-        self.weight = _make_weight((self.num_embeddings_per_partition, embedding_dim),
-                                   (num_embeddings, embedding_dim), partition_dim=0, stride=1,
-                                   config=config, init_method=init_method, init_key=init_key)
+        self.weight, _ = _make_weight(
+            (self.num_embeddings_per_partition, embedding_dim), (num_embeddings, embedding_dim),
+            partition_dim=0, stride=1, config=config, init_method=init_method,
+            init_key=init_key, rank=rank, world_size=world_size)
 
     def forward(self, input_: torch.Tensor) -> torch.Tensor:
-        if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        if self.tensor_model_parallel_size == 1:
             return F.embedding(input_, self.weight)
         outside = (input_ < self.vocab_start_index) | (input_ >= self.vocab_end_index)
         local_ids = (input_ - self.vocab_start_index).masked_fill(outside, 0)
         partial = F.embedding(local_ids, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)
-        return reduce_from_tensor_model_parallel_region(partial)
+        return reduce_from_tensor_model_parallel_region(partial, self.tp_group)

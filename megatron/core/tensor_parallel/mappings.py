@@ -4,8 +4,11 @@ Each mapping is a collective in forward paired with its adjoint in backward, so 
 parallel layers compute exactly the gradient of the function they implement.
 Activations are [sequence, batch, hidden]: tensor-parallel splits use the last
 dimension, sequence-parallel splits use dimension 0.
+
+Every function takes an optional `group`; None means the tensor-parallel group of
+`parallel_state.initialize_model_parallel`.
 """
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -13,9 +16,14 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 
-def _group_and_size() -> Tuple[Any, int]:
-    group = parallel_state.get_tensor_model_parallel_group()
-    return group, parallel_state.get_tensor_model_parallel_world_size()
+def tensor_parallel_group_size_rank(group: Optional[Any] = None) -> Tuple[Any, int, int]:
+    """(group, its size, this rank's index in it); None means the tensor-parallel group."""
+    group = parallel_state.get_tensor_model_parallel_group_if_none(group)
+    rank = dist.get_rank(group)
+    if rank < 0:
+        raise ValueError(f"rank {dist.get_rank()} is not a member of the tensor-parallel "
+                         "group it was given (tp_group)")
+    return group, dist.get_world_size(group), rank
 
 
 def _all_gather_base(output: torch.Tensor, tensor: torch.Tensor, group: Any) -> None:
@@ -28,9 +36,9 @@ def _reduce_scatter_base(output: torch.Tensor, tensor: torch.Tensor, group: Any)
     scatter(output, tensor, group=group)
 
 
-def all_reduce_tp(tensor: torch.Tensor) -> torch.Tensor:
+def all_reduce_tp(tensor: torch.Tensor, group: Optional[Any] = None) -> torch.Tensor:
     """Sum over the tensor-parallel group into a new tensor (input untouched)."""
-    group, world_size = _group_and_size()
+    group, world_size, _ = tensor_parallel_group_size_rank(group)
     if world_size == 1:
         return tensor
     result = tensor.contiguous().clone()
@@ -38,9 +46,9 @@ def all_reduce_tp(tensor: torch.Tensor) -> torch.Tensor:
     return result
 
 
-def split_along_dim(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+def split_along_dim(tensor: torch.Tensor, dim: int, group: Optional[Any] = None) -> torch.Tensor:
     """This rank's equal chunk of `tensor` along `dim`."""
-    _, world_size = _group_and_size()
+    _, world_size, rank = tensor_parallel_group_size_rank(group)
     if world_size == 1:
         return tensor
     size = tensor.size(dim)
@@ -48,13 +56,12 @@ def split_along_dim(tensor: torch.Tensor, dim: int) -> torch.Tensor:
         raise ValueError(f"dimension {dim} of size {size} is not divisible by the "
                          f"tensor-parallel size {world_size}")
     chunk = size // world_size
-    rank = parallel_state.get_tensor_model_parallel_rank()
     return tensor.narrow(dim, rank * chunk, chunk).contiguous()
 
 
-def gather_along_dim(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+def gather_along_dim(tensor: torch.Tensor, dim: int, group: Optional[Any] = None) -> torch.Tensor:
     """Concatenate every rank's `tensor` along `dim`, in rank order."""
-    group, world_size = _group_and_size()
+    group, world_size, _ = tensor_parallel_group_size_rank(group)
     if world_size == 1:
         return tensor
     tensor = tensor.movedim(dim, 0).contiguous()
@@ -64,9 +71,10 @@ def gather_along_dim(tensor: torch.Tensor, dim: int) -> torch.Tensor:
     return output.movedim(0, dim).contiguous()
 
 
-def reduce_scatter_along_first_dim(tensor: torch.Tensor) -> torch.Tensor:
+def reduce_scatter_along_first_dim(tensor: torch.Tensor,
+                                   group: Optional[Any] = None) -> torch.Tensor:
     """Sum over the group, each rank keeping its chunk of dimension 0."""
-    group, world_size = _group_and_size()
+    group, world_size, _ = tensor_parallel_group_size_rank(group)
     if world_size == 1:
         return tensor
     if tensor.size(0) % world_size:
@@ -81,59 +89,64 @@ def reduce_scatter_along_first_dim(tensor: torch.Tensor) -> torch.Tensor:
 
 class _CopyToTensorParallelRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor):
+    def forward(ctx, tensor, group):
+        ctx.group = group
         return tensor
 
     @staticmethod
     def backward(ctx, grad_output):
-        return all_reduce_tp(grad_output)
+        return all_reduce_tp(grad_output, ctx.group), None
 
 
 class _ReduceFromTensorParallelRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor):
-        return all_reduce_tp(tensor)
+    def forward(ctx, tensor, group):
+        return all_reduce_tp(tensor, group)
 
     @staticmethod
     def backward(ctx, grad_output):
-        return grad_output
+        return grad_output, None
 
 
 class _ScatterToTensorParallelRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor):
-        return split_along_dim(tensor, -1)
+    def forward(ctx, tensor, group):
+        ctx.group = group
+        return split_along_dim(tensor, -1, group)
 
     @staticmethod
     def backward(ctx, grad_output):
-        return gather_along_dim(grad_output, -1)
+        return gather_along_dim(grad_output, -1, ctx.group), None
 
 
 class _GatherFromTensorParallelRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor):
-        return gather_along_dim(tensor, -1)
+    def forward(ctx, tensor, group):
+        ctx.group = group
+        return gather_along_dim(tensor, -1, group)
 
     @staticmethod
     def backward(ctx, grad_output):
-        return split_along_dim(grad_output, -1)
+        return split_along_dim(grad_output, -1, ctx.group), None
 
 
 class _ScatterToSequenceParallelRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor):
-        return split_along_dim(tensor, 0)
+    def forward(ctx, tensor, group):
+        ctx.group = group
+        return split_along_dim(tensor, 0, group)
 
     @staticmethod
     def backward(ctx, grad_output):
-        return gather_along_dim(grad_output, 0)
+        return gather_along_dim(grad_output, 0, ctx.group), None
 
 
 class _GatherFromSequenceParallelRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor, tensor_parallel_output_grad):
+    def forward(ctx, tensor, tensor_parallel_output_grad, group):
         ctx.tensor_parallel_output_grad = tensor_parallel_output_grad
-        return gather_along_dim(tensor, 0)
+        ctx.group = group
+        return gather_along_dim(tensor, 0, group)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -141,52 +154,60 @@ class _GatherFromSequenceParallelRegion(torch.autograd.Function):
         # the gathered tensor: sum them while scattering. Otherwise every rank already has
         # the full gradient and just keeps its own chunk.
         if ctx.tensor_parallel_output_grad:
-            return reduce_scatter_along_first_dim(grad_output), None
-        return split_along_dim(grad_output, 0), None
+            return reduce_scatter_along_first_dim(grad_output, ctx.group), None, None
+        return split_along_dim(grad_output, 0, ctx.group), None, None
 
 
 class _ReduceScatterToSequenceParallelRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor):
-        return reduce_scatter_along_first_dim(tensor)
+    def forward(ctx, tensor, group):
+        ctx.group = group
+        return reduce_scatter_along_first_dim(tensor, group)
 
     @staticmethod
     def backward(ctx, grad_output):
-        return gather_along_dim(grad_output, 0)
+        return gather_along_dim(grad_output, 0, ctx.group), None
 
 
-def copy_to_tensor_model_parallel_region(tensor: torch.Tensor) -> torch.Tensor:
+def copy_to_tensor_model_parallel_region(tensor: torch.Tensor,
+                                         group: Optional[Any] = None) -> torch.Tensor:
     """Identity forward; all-reduce of the gradient backward (input of a column split)."""
-    return _CopyToTensorParallelRegion.apply(tensor)
+    return _CopyToTensorParallelRegion.apply(tensor, group)
 
 
-def reduce_from_tensor_model_parallel_region(tensor: torch.Tensor) -> torch.Tensor:
+def reduce_from_tensor_model_parallel_region(tensor: torch.Tensor,
+                                             group: Optional[Any] = None) -> torch.Tensor:
     """All-reduce forward (sum of partial outputs); identity backward."""
-    return _ReduceFromTensorParallelRegion.apply(tensor)
+    return _ReduceFromTensorParallelRegion.apply(tensor, group)
 
 
-def scatter_to_tensor_model_parallel_region(tensor: torch.Tensor) -> torch.Tensor:
+def scatter_to_tensor_model_parallel_region(tensor: torch.Tensor,
+                                            group: Optional[Any] = None) -> torch.Tensor:
     """Keep this rank's chunk of the last dimension; all-gather backward."""
-    return _ScatterToTensorParallelRegion.apply(tensor)
+    return _ScatterToTensorParallelRegion.apply(tensor, group)
 
 
-def gather_from_tensor_model_parallel_region(tensor: torch.Tensor) -> torch.Tensor:
+def gather_from_tensor_model_parallel_region(tensor: torch.Tensor,
+                                             group: Optional[Any] = None) -> torch.Tensor:
     """All-gather along the last dimension; keep this rank's chunk backward."""
-    return _GatherFromTensorParallelRegion.apply(tensor)
+    return _GatherFromTensorParallelRegion.apply(tensor, group)
 
 
-def scatter_to_sequence_parallel_region(tensor: torch.Tensor) -> torch.Tensor:
+def scatter_to_sequence_parallel_region(tensor: torch.Tensor,
+                                        group: Optional[Any] = None) -> torch.Tensor:
     """Keep this rank's chunk of the sequence dimension; all-gather backward."""
-    return _ScatterToSequenceParallelRegion.apply(tensor)
+    return _ScatterToSequenceParallelRegion.apply(tensor, group)
 
 
 def gather_from_sequence_parallel_region(tensor: torch.Tensor,
-                                         tensor_parallel_output_grad: bool = True) -> torch.Tensor:
+                                         tensor_parallel_output_grad: bool = True,
+                                         group: Optional[Any] = None) -> torch.Tensor:
     """All-gather along the sequence dimension; backward reduce-scatters (when the
     consumer is tensor-parallel) or splits the gradient."""
-    return _GatherFromSequenceParallelRegion.apply(tensor, tensor_parallel_output_grad)
+    return _GatherFromSequenceParallelRegion.apply(tensor, tensor_parallel_output_grad, group)
 
 
-def reduce_scatter_to_sequence_parallel_region(tensor: torch.Tensor) -> torch.Tensor:
+def reduce_scatter_to_sequence_parallel_region(tensor: torch.Tensor,
+                                               group: Optional[Any] = None) -> torch.Tensor:
     """Sum partial outputs and keep this rank's sequence chunk; all-gather backward."""
-    return _ReduceScatterToSequenceParallelRegion.apply(tensor)
+    return _ReduceScatterToSequenceParallelRegion.apply(tensor, group)

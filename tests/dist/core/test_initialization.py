@@ -1,5 +1,7 @@
 """Layout-independent initialization: the TP=2 and TP=4 shards are exactly the slices of
-the TP=1 parameters built with the same seed, whatever was built before."""
+the TP=1 parameters built with the same seed, whatever was built before. Layers built
+without `init_key` (upstream-style) follow upstream's rule instead: full weights from the
+default CPU generator, or shards from the model-parallel RNG stream."""
 import pytest
 import torch
 
@@ -71,3 +73,88 @@ def test_device_initialization_is_independent_of_build_order():
         for name in a:
             assert torch.equal(a[name], b[name]), name
     assert not torch.equal(first[0]["column"], first[1]["column"])  # ranks draw different shards
+
+
+# Upstream-style calls (no init_key): upstream's rule, documented in `initialization`.
+
+def _build_keyless(tp, use_cpu_initialization):
+    """The three layers as upstream code builds them, plus what upstream's rule predicts."""
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker, model_parallel_cuda_manual_seed
+
+    setup(tp)
+    model_parallel_cuda_manual_seed(5)
+    config = ModelParallelConfig(tensor_model_parallel_size=tp,
+                                 use_cpu_initialization=use_cpu_initialization)
+    torch.manual_seed(21)
+    column = ColumnParallelLinear(IN, OUT, config=config, init_method=_init, stride=3,
+                                  keep_master_weight_for_test=True)
+    row = RowParallelLinear(OUT, IN, config=config, init_method=_init, bias=True,
+                            input_is_parallel=False, skip_bias_add=False)
+    embedding = VocabParallelEmbedding(VOCAB, IN, init_method=_init, config=config)
+    built = {"column": column.weight.detach(), "row": row.weight.detach(),
+             "embedding": embedding.weight.detach(), "master": column.master_weight}
+    expected = {}
+    if use_cpu_initialization:
+        # The full weights, drawn one after the other from the default CPU generator.
+        torch.manual_seed(21)
+        for name, shape in (("column", (OUT, IN)), ("row", (IN, OUT)),
+                            ("embedding", (VOCAB, IN))):
+            expected[name] = torch.empty(shape)
+            _init(expected[name])
+    else:
+        # Each shard drawn in place on the model-parallel stream of this TP rank.
+        model_parallel_cuda_manual_seed(5)
+        with get_cuda_rng_tracker().fork():
+            for name, weight in built.items():
+                if name != "master":
+                    expected[name] = torch.empty_like(weight)
+                    _init(expected[name])
+    return built, expected
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_keyless_cpu_initialization_slices_upstreams_full_weights(tp):
+    for rank, (built, full) in enumerate(run_on_ranks(_build_keyless, tp, True, world_size=tp)):
+        per_block = OUT // (3 * tp)
+        strided_rows = [b * per_block + i for b in range(rank, 3 * tp, tp)
+                        for i in range(per_block)]
+        assert torch.equal(built["column"], _rows(full["column"], strided_rows))
+        assert torch.equal(built["master"], full["column"])
+        cols = OUT // tp
+        assert torch.equal(built["row"], full["row"][:, rank * cols:(rank + 1) * cols])
+        vocab = VOCAB // tp
+        assert torch.equal(built["embedding"], full["embedding"][rank * vocab:(rank + 1) * vocab])
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_keyless_device_initialization_uses_the_model_parallel_stream(tp):
+    results = run_on_ranks(_build_keyless, tp, False, world_size=tp)
+    for built, expected in results:
+        assert built["master"] is None  # no full weight is drawn on this path
+        for name, weight in expected.items():
+            assert torch.equal(built[name], weight), name
+    if tp == 2:
+        assert not torch.equal(results[0][0]["column"], results[1][0]["column"])
+
+
+def _keyed_ignores_global_rng(tp):
+    setup(tp)
+    config = ModelParallelConfig(tensor_model_parallel_size=tp, init_seed=77,
+                                 use_cpu_initialization=True)
+    weights = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        weights.append(ColumnParallelLinear(IN, OUT, config=config, init_method=_init,
+                                            init_key="l0.qkv").weight.detach())
+        torch.manual_seed(seed)
+        keyless = ColumnParallelLinear(IN, OUT, config=config, init_method=_init)
+        weights.append(keyless.weight.detach())
+    return weights
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_keyed_init_ignores_the_global_generator_and_keyless_follows_it(tp):
+    for keyed_1, keyless_1, keyed_2, keyless_2 in run_on_ranks(_keyed_ignores_global_rng, tp,
+                                                               world_size=tp):
+        assert torch.equal(keyed_1, keyed_2)
+        assert not torch.equal(keyless_1, keyless_2)

@@ -111,3 +111,27 @@ def _uninitialized_getter():
 
 def test_getters_before_initialization_explain():
     assert "initialize_model_parallel" in run_on_ranks(_uninitialized_getter, world_size=2)[0]
+
+
+def _size_checks(tp, pp):
+    ps.initialize_model_parallel(tp, pp)
+    assert ps.get_tensor_model_parallel_group_if_none(None) is ps.get_tensor_model_parallel_group()
+    own = ps.get_data_parallel_group()
+    assert ps.get_tensor_model_parallel_group_if_none(own) is own
+    ps.check_model_parallel_sizes(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    messages = []
+    for sizes in ((tp * 2, pp), (tp, pp * 2), (1, 1)):
+        try:
+            ps.check_model_parallel_sizes(tensor_model_parallel_size=sizes[0],
+                                          pipeline_model_parallel_size=sizes[1])
+        except ValueError as error:
+            messages.append(str(error))
+    return messages
+
+
+def test_model_sizes_are_checked_against_the_groups():
+    tp_too_big, pp_too_big, both = run_on_ranks(_size_checks, 2, 2, world_size=4)[0]
+    assert "--tensor-model-parallel-size 4 but the initialized groups have 2" in tp_too_big
+    assert "pipeline" not in tp_too_big
+    assert "--pipeline-model-parallel-size 4 but the initialized groups have 2" in pp_too_big
+    assert "--tensor-model-parallel-size 1" in both and "--pipeline-model-parallel-size 1" in both

@@ -21,7 +21,7 @@ TOL = dict(rtol=1e-5, atol=1e-6)
 
 
 def pipe_to_gpt_name(name: str, num_layers: int) -> str:
-    """GPTModelPipe parameter name -> GPTModel parameter name (formats.md sections 3-4)."""
+    """GPTModelPipe parameter name -> GPTModel parameter name (docs/formats.md, sections 3B and 4)."""
     tied = re.fullmatch(r"tied_modules\.embed\.(.+)", name)
     if tied:
         return "language_model.embedding." + tied.group(1)
@@ -107,7 +107,7 @@ def test_pipe_matches_gpt_model(variant, tp, sequence_parallel, document_mask):
 
 def test_name_mapping_is_upstream_numbering():
     # 40 layers: embedding layer_01, transformer layers layer_02..layer_41,
-    # final norm layer_42, head layer_43 (formats.md section 3, the 13B example).
+    # final norm layer_42, head layer_43 (docs/formats.md, section 3B, the 40-layer example).
     assert pipe_to_gpt_name("1.word_embeddings.weight", 40) == \
         "language_model.embedding.word_embeddings.weight"
     assert pipe_to_gpt_name("41.mlp.dense_4h_to_h.bias", 40) == \

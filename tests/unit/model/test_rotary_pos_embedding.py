@@ -47,3 +47,16 @@ def test_scores_depend_on_relative_position_only():
 def test_rotary_dim_must_be_even():
     with pytest.raises(ValueError, match="even"):
         RotaryEmbedding(7)
+
+
+def test_build_rotary_embedding_follows_the_config():
+    from megatron.model.rotary_pos_embedding import build_rotary_embedding
+    from megatron.model.transformer_config import TransformerConfig
+
+    base = dict(num_layers=2, hidden_size=64, num_attention_heads=4, max_position_embeddings=16,
+                padded_vocab_size=32)
+    assert build_rotary_embedding(TransformerConfig(**base)) is None
+    rope = TransformerConfig(**base, position_embedding_type="rope", rotary_percent=0.5,
+                             rotary_base=500.0)
+    rotary = build_rotary_embedding(rope)
+    assert (rotary.rotary_dim, rotary.base) == (8, 500.0)
