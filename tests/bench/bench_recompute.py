@@ -17,11 +17,14 @@ import os
 import resource
 import socket
 import statistics
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests import processes  # noqa: E402  (needs the repository on the path)
 
 MODES = {
     "none": {},
@@ -105,7 +108,7 @@ def main() -> None:
         command = [sys.executable, __file__, "--mode", mode] + [
             f"--{name}={getattr(args, name)}" for name in
             ("layers", "hidden", "heads", "seq", "batch", "vocab", "iters")]
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        completed = processes.run(command, capture_output=True, text=True, timeout=None)
         lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
         if completed.returncode != 0 or not lines:
             print(f"{mode:<16} failed: {completed.stderr[-500:]}")

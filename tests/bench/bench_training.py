@@ -15,7 +15,6 @@ loop reaches 74% of the fp32 matmul peak on the 125M shape at one thread.
 import argparse
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
+
+from tests import processes  # noqa: E402  (needs the repository on the path)
 
 SHAPES = {  # layers, hidden, heads, seq, global batch, micro batch
     "tiny": (4, 256, 8, 256, 16, 4),
@@ -104,7 +105,8 @@ def main() -> int:
                    [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
                     script])
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-        completed = subprocess.run(command + flags, env=env, capture_output=True, text=True)
+        completed = processes.run(command + flags, env=env, capture_output=True, text=True,
+                                  timeout=None)
     if completed.returncode:
         print(completed.stdout[-3000:], completed.stderr[-3000:])
         return completed.returncode

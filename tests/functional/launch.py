@@ -11,6 +11,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from megatron.data.indexed_dataset import MMapIndexedDatasetBuilder, index_file_path
+from tests import processes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VOCAB_SIZE = 511  # NullTokenizer: ids 0..510, EOD 511; padded to 512 for TP 1, 2 and 4.
@@ -55,9 +56,12 @@ def tiny_gpt_args(data_prefix: str, *, train_iters: int, global_batch_size: int 
 
 
 def run_pretrain(args: Sequence[str], *, num_procs: int = 1, launcher: str = "torchrun",
-                 timeout: float = 300, cwd: Path = REPO_ROOT) -> str:
-    """Run pretrain_gpt.py (plain python for one process, else torchrun or deepspeed)."""
-    script = str(REPO_ROOT / "pretrain_gpt.py")
+                 timeout: float = 300, cwd: Path = REPO_ROOT,
+                 script: Path = REPO_ROOT / "pretrain_gpt.py") -> str:
+    """Run pretrain_gpt.py (plain python for one process, else torchrun or deepspeed) in its
+    own process group: a timeout or a failure kills every rank, not only the launcher.
+    `script`: a test entry point wrapping pretrain_gpt.py instead (e.g. consumption_entry.py)."""
+    script = str(script)
     if num_procs == 1 and launcher == "torchrun":
         command = [sys.executable, script]
     elif launcher == "torchrun":
@@ -69,16 +73,28 @@ def run_pretrain(args: Sequence[str], *, num_procs: int = 1, launcher: str = "to
     else:
         raise ValueError(f"unknown launcher {launcher}")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    completed = subprocess.run(command + list(args), cwd=cwd, env=env, capture_output=True,
-                               text=True, timeout=timeout)
+    try:
+        completed = processes.run(command + list(args), cwd=cwd, env=env, capture_output=True,
+                                  text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as error:  # every rank is gone: the group was killed
+        output = (error.output or "") + (error.stderr or "")
+        raise AssertionError(f"{Path(script).name} timed out after {timeout:.0f} s:\n"
+                             f"{output[-6000:]}") from None
     output = completed.stdout + completed.stderr
     if completed.returncode != 0:
-        raise AssertionError(f"pretrain_gpt.py exited {completed.returncode}:\n{output[-6000:]}")
+        raise AssertionError(f"{Path(script).name} exited {completed.returncode}:\n{output[-6000:]}")
     return output
 
 
 def losses_by_iteration(output: str) -> Dict[int, float]:
     return {int(match.group(1)): float(match.group(2)) for match in _LOSS_LINE.finditer(output)}
+
+
+def field_by_iteration(output: str, name: str) -> Dict[int, float]:
+    """The value of `| <name>: <value> |` on every iteration log line, e.g. "grad norm"
+    (printed with 3 decimals) or "learning rate"; iterations without the field are left out."""
+    pattern = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? " + re.escape(name) + r": ([0-9.E+-]+) \|")
+    return {int(match.group(1)): float(match.group(2)) for match in pattern.finditer(output)}
 
 
 def validation_results(output: str) -> List[tuple]:

@@ -18,6 +18,7 @@ import psutil
 import pytest
 import torch
 
+from tests import processes
 from tests.functional.launch import (REPO_ROOT, free_port, losses_by_iteration, run_pretrain,
                                      tiny_gpt_args, validation_results, write_random_dataset)
 
@@ -63,8 +64,8 @@ def _run_failing(args, *, num_procs=1):
     command = ([sys.executable, script] if num_procs == 1 else
                [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_procs),
                 "--master_port", str(free_port()), script])
-    completed = subprocess.run(command + list(args), cwd=REPO_ROOT, capture_output=True, text=True,
-                               timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    completed = processes.run(command + list(args), cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert completed.returncode != 0, completed.stdout[-3000:]
     return completed.returncode, completed.stdout + completed.stderr
 
@@ -209,16 +210,17 @@ def _start(args, *, num_procs=1, env=None, script=str(REPO_ROOT / "pretrain_gpt.
     command = ([sys.executable, script] if num_procs == 1 else
                [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_procs),
                 "--master_port", str(free_port()), script])
-    return subprocess.Popen(command + list(args), cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-                                     **(env or {})))
+    return processes.start(command + list(args), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True,
+                           env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                                    **(env or {})))
 
 
 def _read_until(process, marker, *, timeout=240):
-    """Lines of the process's output up to the first containing `marker`; kills it at timeout."""
+    """Lines of the process's output up to the first containing `marker`; kills its whole
+    process group at the timeout or when the output ends without the marker."""
     lines = []
-    watchdog = threading.Timer(timeout, process.kill)
+    watchdog = threading.Timer(timeout, processes.kill_group, args=(process,))
     watchdog.start()
     try:
         for line in process.stdout:
@@ -227,7 +229,7 @@ def _read_until(process, marker, *, timeout=240):
                 return "".join(lines)
     finally:
         watchdog.cancel()
-    process.kill()
+    processes.kill_group(process)
     raise AssertionError(f"never saw {marker!r}:\n{''.join(lines)[-3000:]}")
 
 
@@ -240,8 +242,7 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(dataset, saved_run, tm
     try:
         _read_until(process, f"stalling 300 s at after_engine_files of global_step{2 * N}")
     finally:
-        process.kill()  # SIGKILL: no handler, no cleanup
-        process.wait()
+        processes.kill_group(process)  # SIGKILL: no handler, no cleanup
     assert (directory / "latest").read_text() == f"global_step{N}"
     assert (directory / "latest_checkpointed_iteration.txt").read_text() == str(N)
     assert not (directory / f"global_step{2 * N}").exists()
@@ -259,13 +260,16 @@ def test_sigterm_to_one_rank_saves_and_every_rank_exits_0(dataset, tmp_path):
     process = _start(_args(dataset, "--no-pipeline-parallel", "--exit-signal-handler", "--save",
                            str(directory), "--save-interval", "1000", iterations=500),
                      num_procs=2)
-    output = _read_until(process, "iteration        2/")
-    ranks = [child for child in psutil.Process(process.pid).children(recursive=False)
-             if "pretrain_gpt.py" in " ".join(child.cmdline())]
-    assert len(ranks) == 2
-    ranks[0].send_signal(signal.SIGTERM)
-    rest, _ = process.communicate(timeout=120)
-    output += rest
+    try:
+        output = _read_until(process, "iteration        2/")
+        ranks = [child for child in psutil.Process(process.pid).children(recursive=False)
+                 if "pretrain_gpt.py" in " ".join(child.cmdline())]
+        assert len(ranks) == 2
+        ranks[0].send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=120)
+        output += rest
+    finally:
+        processes.kill_group(process)
     assert process.returncode == 0, output[-3000:]
     assert "received SIGTERM (--exit-signal-handler)" in output
     last = max(losses_by_iteration(output))

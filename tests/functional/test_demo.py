@@ -1,9 +1,9 @@
 """The README's main command, end to end in a reduced form (a few iterations)."""
 import os
-import subprocess
 
 import pytest
 
+from tests import processes
 from tests.functional.launch import REPO_ROOT, free_port, losses_by_iteration
 
 pytestmark = pytest.mark.slow
@@ -12,8 +12,8 @@ pytestmark = pytest.mark.slow
 def test_demo_trains_saves_resumes_and_evaluates(tmp_path):
     env = dict(os.environ, DEMO_TRAIN_ITERS="4", DEMO_DIR=str(tmp_path / "demo"),
                MASTER_PORT=str(free_port()))
-    completed = subprocess.run(["bash", str(REPO_ROOT / "examples/demo.sh")], cwd=REPO_ROOT,
-                               env=env, capture_output=True, text=True, timeout=900)
+    completed = processes.run(["bash", str(REPO_ROOT / "examples/demo.sh")], cwd=REPO_ROOT,
+                              env=env, capture_output=True, text=True, timeout=900)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-4000:]
     part1 = (tmp_path / "demo/logs/part1.log").read_text()

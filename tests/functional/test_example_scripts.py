@@ -7,12 +7,12 @@ on a CUDA machine (the scripts use fp16, which only GPUs run).
 import json
 import os
 import stat
-import subprocess
 
 import pytest
 
 from megatron.arguments import parse_args
 from megatron.config.build import build_config
+from tests import processes
 from tests.functional.launch import REPO_ROOT
 
 SCRIPTS = {  # script: (world size, tp, pp, pipeline engine)
@@ -33,8 +33,8 @@ def _record_launch(script, tmp_path):
     env = dict(os.environ, PATH=f"{stub_dir}:{os.environ['PATH']}", DATA_PATH="/data/pile_text_document",
                VOCAB_PATH="/data/gpt2-vocab.json", MERGE_PATH="/data/gpt2-merges.txt",
                OUTPUT_DIR=str(tmp_path / "out"), HOSTFILE=str(tmp_path / "no-hostfile"))
-    subprocess.run(["bash", str(REPO_ROOT / "examples" / script)], env=env, check=True,
-                   capture_output=True, text=True)
+    processes.run(["bash", str(REPO_ROOT / "examples" / script)], env=env, check=True,
+                  capture_output=True, text=True, timeout=120)
     argv = json.loads(record.read_text())
     return argv[argv.index(next(a for a in argv if a.endswith("pretrain_gpt.py"))) + 1:]
 

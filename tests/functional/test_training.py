@@ -1,11 +1,12 @@
 """Whole-program training runs: learning on real text, evaluation lines, non-finite losses."""
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from tests import processes
 from tests.functional.launch import (REPO_ROOT, losses_by_iteration, run_pretrain, tiny_gpt_args,
                                      validation_results, write_random_dataset)
 
@@ -17,14 +18,15 @@ def demo_dataset(tmp_path_factory):
     """The demo corpus (Python standard library text) with its own SentencePiece model."""
     directory = tmp_path_factory.mktemp("demo")
     python = sys.executable
-    subprocess.run([python, str(REPO_ROOT / "tools/build_demo_corpus.py"), "--output",
-                    str(directory / "corpus.jsonl"), "--max-mb", "2", "--sentencepiece-prefix",
-                    str(directory / "spm"), "--vocab-size", "2048"], check=True, capture_output=True)
-    subprocess.run([python, str(REPO_ROOT / "tools/preprocess_data.py"), "--input",
-                    str(directory / "corpus.jsonl"), "--output-prefix", str(directory / "demo"),
-                    "--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model",
-                    str(directory / "spm.model"), "--append-eod", "--workers", "1"],
-                   check=True, capture_output=True)
+    processes.run([python, str(REPO_ROOT / "tools/build_demo_corpus.py"), "--output",
+                   str(directory / "corpus.jsonl"), "--max-mb", "2", "--sentencepiece-prefix",
+                   str(directory / "spm"), "--vocab-size", "2048"], check=True,
+                  capture_output=True, timeout=300)
+    processes.run([python, str(REPO_ROOT / "tools/preprocess_data.py"), "--input",
+                   str(directory / "corpus.jsonl"), "--output-prefix", str(directory / "demo"),
+                   "--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model",
+                   str(directory / "spm.model"), "--append-eod", "--workers", "1"],
+                  check=True, capture_output=True, timeout=300)
     return str(directory / "demo_text_document"), str(directory / "spm.model")
 
 
@@ -54,12 +56,12 @@ def test_loss_decreases_on_demo_corpus(demo_dataset, precision):
 
 
 def test_loss_decreases_on_reference_corpus_with_gpt2_bpe(shared_data, tmp_path):
-    subprocess.run([sys.executable, str(REPO_ROOT / "tools/preprocess_data.py"), "--input",
-                    str(shared_data / "corpus.jsonl"), "--output-prefix", str(tmp_path / "ref"),
-                    "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file",
-                    str(shared_data / "gpt2-vocab.json"), "--merge-file",
-                    str(shared_data / "gpt2-merges.txt"), "--append-eod", "--workers", "2"],
-                   check=True, capture_output=True)
+    processes.run([sys.executable, str(REPO_ROOT / "tools/preprocess_data.py"), "--input",
+                   str(shared_data / "corpus.jsonl"), "--output-prefix", str(tmp_path / "ref"),
+                   "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file",
+                   str(shared_data / "gpt2-vocab.json"), "--merge-file",
+                   str(shared_data / "gpt2-merges.txt"), "--append-eod", "--workers", "2"],
+                  check=True, capture_output=True, timeout=300)
     output = run_pretrain(_text_args(
         str(tmp_path / "ref_text_document"),
         ["--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", str(shared_data / "gpt2-vocab.json"),
@@ -88,16 +90,66 @@ def test_validation_at_interval_and_test_at_end(random_dataset, tmp_path):
 
 def _run_with_injected_nan(data_prefix, iterations, spec, extra=()):
     env = dict(os.environ, OMP_NUM_THREADS="1", INJECT_NAN_ITERATIONS=spec)
-    return subprocess.run(
+    return processes.run(
         [sys.executable, str(Path(__file__).with_name("nonfinite_entry.py")),
          *tiny_gpt_args(data_prefix, train_iters=iterations,
                         extra=["--no-pipeline-parallel", *extra])],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_nonfinite_loss_is_counted_logged_and_skipped(random_dataset):
-    completed = _run_with_injected_nan(random_dataset, 6, "3")
+def _tensors(value, path: str, into: dict) -> dict:
+    """Every tensor inside nested dicts/lists, keyed by its path."""
+    if torch.is_tensor(value):
+        into[path] = value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _tensors(item, f"{path}/{key}", into)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _tensors(item, f"{path}/{index}", into)
+    return into
+
+
+def _saved_training_state(save_dir: Path, iteration: int) -> dict:
+    """What a step may change, from the 1-rank checkpoint of `iteration`: the model's weights
+    ("module/..."), the optimizer state ("optimizer/...": AdamW's step, exp_avg and exp_avg_sq,
+    and the fp32 master weights of bf16 or ZeRO; in the ZeRO shard file from stage 1 on, in
+    the model file at stage 0) and the learning-rate scheduler's step count."""
+    step = save_dir / f"global_step{iteration}"
+    model = torch.load(step / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    zero_files = list(step.glob("*zero_pp_rank_0_mp_rank_00_optim_states.pt"))  # bf16_ prefix
+    optimizer = (torch.load(zero_files[0], map_location="cpu", weights_only=False)
+                 ["optimizer_state_dict"] if zero_files else model["optimizer"])
+    state = _tensors(model["module"], "module", {})
+    _tensors(optimizer, "optimizer", state)
+    state["scheduler steps"] = torch.tensor(model["opt_param_scheduler"]["num_steps"])
+    for part in ("exp_avg", "exp_avg_sq", "step"):
+        assert any(name.endswith(part) for name in state), f"no {part} in {sorted(state)}"
+    return state
+
+
+def _assert_skipped_step_changed_nothing(save_dir: Path, skipped: int):
+    """The checkpoints saved after iterations skipped-1 and skipped are bit-identical in
+    everything a step changes, while the next, applied, step changes all of the optimizer
+    state (so the comparison can tell)."""
+    before = _saved_training_state(save_dir, skipped - 1)
+    after = _saved_training_state(save_dir, skipped)
+    applied = _saved_training_state(save_dir, skipped + 1)
+    assert sorted(after) == sorted(before) == sorted(applied)
+    for name, tensor in before.items():
+        assert after[name].dtype == tensor.dtype and torch.equal(after[name], tensor), (
+            f"the skipped step {skipped} changed {name}")
+    unmoved = [name for name, tensor in before.items()
+               if name.startswith(("optimizer", "scheduler"))
+               and torch.equal(applied[name], tensor)]
+    assert not unmoved, f"the applied step {skipped + 1} left {unmoved} unchanged"
+
+
+def test_nonfinite_loss_is_counted_logged_and_skipped(random_dataset, tmp_path):
+    completed = _run_with_injected_nan(random_dataset, 6, "3", extra=[
+        "--save", str(tmp_path / "save"), "--save-interval", "1"])
     assert completed.returncode == 0, completed.stderr[-3000:]
+    _assert_skipped_step_changed_nothing(tmp_path / "save", skipped=3)
     lines = {int(line.split("/")[0].split()[-1]): line for line in completed.stdout.splitlines()
              if line.startswith(" iteration ")}
     assert "number of nan iterations:   1" in lines[3]
@@ -111,6 +163,30 @@ def test_nonfinite_loss_is_counted_logged_and_skipped(random_dataset):
     assert losses_by_iteration(completed.stdout)[2] == losses_by_iteration(clean)[2]
     assert losses_by_iteration(completed.stdout)[4] == pytest.approx(
         losses_by_iteration(clean)[3], rel=0.05)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_skipped_step_without_zero_leaves_weights_and_optimizer_bit_identical(random_dataset,
+                                                                               tmp_path, precision):
+    """ZeRO stage 0: the weights, the Adam moments and, in bf16, the fp32 master weights stay.
+
+    In fp32 only the step guard (megatron/training/nonfinite.py) protects them here:
+    DeepSpeed 0.19.8 skips a non-finite gradient norm on its own under ZeRO 1/2 and in its
+    bf16 optimizer, but hands fp32 ZeRO-0 gradients straight to the client optimizer (checked:
+    with the guard bypassed, the fp32 case fails and the others pass)."""
+    completed = _run_with_injected_nan(random_dataset, 4, "3", extra=[
+        "--zero-stage", "0", "--save", str(tmp_path / "save"), "--save-interval", "1",
+        *(["--bf16"] if precision == "bf16" else [])])
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "number of skipped iterations:   1" in completed.stdout
+    _assert_skipped_step_changed_nothing(tmp_path / "save", skipped=3)
+    weights = _saved_training_state(tmp_path / "save", 3)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert all(tensor.dtype == dtype
+               for name, tensor in weights.items() if name.startswith("module"))
+    if precision == "bf16":
+        assert any(tensor.dtype == torch.float32 and tensor.numel() > 1000
+                   for name, tensor in weights.items() if "fp32" in name), "no fp32 master weights"
 
 
 def test_persistent_nonfinite_loss_stops_the_run(random_dataset):

@@ -274,7 +274,8 @@ def test_predicate_false_where_the_kernels_refuse():
 def test_model_softmax_module_uses_the_kernels(dtype, with_mask):
     """FusedScaleMaskSoftmax (the model's entry point) dispatches here and matches its own
     torch path; a causal layer given a padding mask goes through the masked kernel."""
-    model_softmax = pytest.importorskip("megatron.model.fused_softmax")
+    from megatron.model import fused_softmax as model_softmax
+
     module_cls, causal = model_softmax.FusedScaleMaskSoftmax, model_softmax.AttnMaskType.causal
     batch, heads, seq, scale = 2, 4, 96, 0.125
     fused = module_cls(dtype == torch.float16, dtype == torch.bfloat16, causal, True,

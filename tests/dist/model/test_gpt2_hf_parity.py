@@ -6,13 +6,12 @@ on TP=2 (the converted full state dict sliced onto two ranks).
 """
 import pytest
 import torch
+import transformers
 
-transformers = pytest.importorskip("transformers")
-
-from megatron.model.gpt_model import GPTModel  # noqa: E402
-from tests.dist.model.model_utils import load_full_state_dict, setup_parallel  # noqa: E402
-from tests.harness import run_on_ranks  # noqa: E402
-from tools.convert_hf_gpt2 import convert_hf_gpt2_state_dict  # noqa: E402
+from megatron.model.gpt_model import GPTModel
+from tests.dist.model.model_utils import load_full_state_dict, setup_parallel
+from tests.harness import run_on_ranks
+from tools.convert_hf_gpt2 import convert_hf_gpt2_state_dict
 
 N_LAYER, N_EMBD, N_HEAD, N_POS, VOCAB, PADDED_VOCAB = 2, 64, 4, 32, 100, 128
 

@@ -7,7 +7,6 @@ the micro-batches of the masked mean loss. Loss (train and eval) and every gradi
 rtol 1e-5 atol 1e-6 for the loss, rtol 1e-4 atol 1e-6 for gradients (fp32).
 """
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from megatron.model.gpt_model import GPTModel
+from tests import processes
 from tests.dist.model.model_utils import full_params_and_grads, make_config, setup_parallel
 from tests.dist.model.pipe_engine_worker import micro_batches
 from tests.harness import run_on_ranks
@@ -42,14 +42,12 @@ def _run_engine(tmp_path, tp, pp, variant, document_mask, recompute="none"):
     if document_mask:
         cmd.append("--document-mask")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        output, _ = proc.communicate(timeout=150)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"pipeline engine run timed out:\n{output[-4000:]}")
+        proc = processes.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=150)
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"pipeline engine run timed out:\n{(error.output or '')[-4000:]}")
+    output = proc.stdout
     assert proc.returncode == 0, output[-6000:]
     return [torch.load(path) for path in sorted(Path(tmp_path).glob("rank*.pt"))]
 

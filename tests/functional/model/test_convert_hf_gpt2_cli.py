@@ -1,19 +1,19 @@
 """tools/convert_hf_gpt2.py as a program: a saved tiny GPT2LMHeadModel -> GPTModel state dict."""
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
-transformers = pytest.importorskip("transformers")
+from tests import processes
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, str(REPO / "tools" / "convert_hf_gpt2.py"), *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    return processes.run([sys.executable, str(REPO / "tools" / "convert_hf_gpt2.py"), *args],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.slow

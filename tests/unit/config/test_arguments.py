@@ -174,9 +174,11 @@ def test_rebase_script_flags_parse(name, tmp_path):
 
 
 def test_arguments_module_does_not_import_deepspeed_at_top():
-    import subprocess
     import sys
 
+    from tests import processes
+
     code = "import sys, megatron.arguments; print('deepspeed' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = processes.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                        timeout=120)
     assert out.stdout.strip() == "False"

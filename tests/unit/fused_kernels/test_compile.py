@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from megatron.fused_kernels import build_spec
+from tests import processes
 
 NVCC = shutil.which("nvcc")
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
@@ -63,13 +64,17 @@ def test_sources_compile(tmp_path):
             if cuda_include is None or shutil.which(os.environ.get("CXX", "c++")) is None:
                 continue  # no CUDA headers for the host compiler: only the .cu files
             command = _bindings_command(source, cuda_include)
-        jobs[source.name] = subprocess.Popen(command, stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT, text=True)
+        jobs[source.name] = processes.start(command, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True)
     failures = []
-    for name, job in jobs.items():
-        output, _ = job.communicate(timeout=TIMEOUT_S)
-        if job.returncode != 0:
-            failures.append(f"{name}:\n{output[-4000:]}")
+    try:
+        for name, job in jobs.items():
+            output, _ = job.communicate(timeout=TIMEOUT_S)
+            if job.returncode != 0:
+                failures.append(f"{name}:\n{output[-4000:]}")
+    finally:  # a timed-out nvcc leaves no cicc/ptxas behind
+        for job in jobs.values():
+            processes.kill_group(job)
     assert not failures, "\n\n".join(failures)
 
     cuobjdump = shutil.which("cuobjdump")
@@ -79,7 +84,7 @@ def test_sources_compile(tmp_path):
         obj = tmp_path / f"{source.stem}.o"
         assert obj.stat().st_size > 0
         if cuobjdump:
-            listing = subprocess.run([cuobjdump, "--list-elf", str(obj)], capture_output=True,
-                                     text=True, timeout=60).stdout
+            listing = processes.run([cuobjdump, "--list-elf", str(obj)], capture_output=True,
+                                    text=True, timeout=60).stdout
             for arch in ARCHS:
                 assert f"sm_{arch}" in listing, f"{obj.name} has no sm_{arch} code:\n{listing}"

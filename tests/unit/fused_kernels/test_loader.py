@@ -2,7 +2,6 @@
 
 The CUDA build itself is replaced by fakes here; tests/gpu builds the real extension.
 """
-import subprocess
 import sys
 import textwrap
 import threading
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from megatron.fused_kernels import loader
+from tests import processes
 from tests.conftest import REPO_ROOT
 
 # Tries the lock from another process: exits 3 when it is held, 0 when it could be taken.
@@ -28,7 +28,7 @@ _PROBE = textwrap.dedent("""
 
 
 def _lock_held_by_another_process(path) -> bool:
-    probe = subprocess.run([sys.executable, "-c", _PROBE, str(path)], timeout=60)
+    probe = processes.run([sys.executable, "-c", _PROBE, str(path)], timeout=60)
     assert probe.returncode in (0, 3), f"lock probe failed with {probe.returncode}"
     return probe.returncode == 3
 
@@ -70,8 +70,8 @@ def test_cpu_process_imports_nothing_cuda_specific():
                   or m == "filelock"]
         print("LOADED", loaded)
     """)
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=120)
+    result = processes.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                           text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "LOADED []" in result.stdout, result.stdout
 
