@@ -215,21 +215,25 @@ class GPTModelPipe(PipelineModule):
 
     def _check_recompute_covers_layers(self, layers) -> None:
         """Chunks that mix a transformer layer with another stage layer are not recomputed by
-        DeepSpeed: say so instead of silently keeping those activations."""
+        DeepSpeed: say so instead of silently keeping those activations. The layers left out
+        are kept in `unrecomputed_layers` (layer numbers)."""
+        self.unrecomputed_layers = []
         interval = self.activation_checkpoint_interval
         if not interval:
             return
-        skipped = []
-        for start, checkpointable in zip(range(0, len(self.forward_funcs), interval),
-                                         self.is_checkpointable_results):
-            if not checkpointable:
-                skipped += [f.layer_number for f in self.forward_funcs[start:start + interval]
-                            if isinstance(f, ParallelTransformerLayerPipe)]
-        if skipped:
+        # DeepSpeed caches its per-chunk decision only when the engine sets the interval, so
+        # ask its own predicate chunk by chunk.
+        for start in range(0, len(self.forward_funcs), interval):
+            chunk = self.forward_funcs[start:start + interval]
+            if not self._is_checkpointable(chunk):
+                self.unrecomputed_layers += [f.layer_number for f in chunk
+                                             if isinstance(f, ParallelTransformerLayerPipe)]
+        if self.unrecomputed_layers:
             print(f"> warning: pipeline stage {parallel_state.get_pipeline_model_parallel_rank()}:"
-                  f" layers {skipped} share a checkpoint chunk of {interval} with the embedding or"
-                  " final norm and are not recomputed; use --checkpoint-num-layers 1 (or"
-                  " --recompute-num-layers 1) to recompute every layer", flush=True)
+                  f" layers {self.unrecomputed_layers} share a checkpoint chunk of {interval} with"
+                  " the embedding or final norm and are not recomputed; use"
+                  " --checkpoint-num-layers 1 (or --recompute-num-layers 1) to recompute every"
+                  " layer", flush=True)
 
     def _count_layer_params(self) -> list:
         """Parameters per spec, for `partition_method="parameters"`.

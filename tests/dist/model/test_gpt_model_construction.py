@@ -75,3 +75,28 @@ def test_weights_are_keyed_by_their_names(variant, tp):
     assert any("query_key_value" in name for name in checked)
     assert any("word_embeddings" in name for name in checked)
     assert checked and all(checked.values()), [name for name, ok in checked.items() if not ok]
+
+
+def _unrecomputed_layers(checkpoint_num_layers):
+    import deepspeed
+
+    from megatron.model.gpt_model_pipe import GPTModelPipe
+
+    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    setup_parallel(1, 1)
+    config = make_config(num_layers=4, checkpoint_activations=True,
+                         checkpoint_num_layers=checkpoint_num_layers)
+    return GPTModelPipe(config).unrecomputed_layers
+
+
+# The stage runs [cast, embed, 1, 2, 3, 4, final norm, tied head, ...]; DeepSpeed recomputes a
+# chunk of N only when every entry is a transformer layer.
+@pytest.mark.parametrize("checkpoint_num_layers,expected", [
+    (1, []),            # [1] [2] [3] [4]: every layer alone
+    (2, []),            # [cast, embed] [1, 2] [3, 4] [norm, head]
+    (3, [1]),           # [cast, embed, 1] [2, 3, 4] [norm, head, ...]
+    (4, [1, 2, 3, 4]),  # [cast, embed, 1, 2] [3, 4, norm, head]
+])
+def test_pipe_reports_layers_its_chunks_do_not_recompute(checkpoint_num_layers, expected):
+    assert run_on_ranks(_unrecomputed_layers, checkpoint_num_layers,
+                        world_size=1)[0] == expected
