@@ -1,7 +1,7 @@
 """GPTModel: the language model plus the (tied or untied) LM head and the per-token loss."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
@@ -10,7 +10,18 @@ from megatron.model.language_model import TransformerLanguageModel, parallel_lm_
 from megatron.model.loss import per_token_loss
 from megatron.model.transformer_config import TransformerConfig
 
-__all__ = ["GPTModel", "check_parallel_layout", "per_token_loss"]
+__all__ = ["GPTModel", "check_parallel_layout", "flatten_nested_state_dict", "per_token_loss"]
+
+
+def flatten_nested_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """`{"a": {"b": t}}` -> `{"a.b": t}`; entries that are not mappings are kept as they are."""
+    flat: Dict[str, Any] = {}
+    for key, value in state_dict.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_nested_state_dict(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def check_parallel_layout(config: TransformerConfig) -> None:
@@ -52,6 +63,14 @@ class GPTModel(torch.nn.Module):
         if self.untie_embeddings_and_output_weights:
             return self.language_model.output_layer.weight
         return self.language_model.embedding.word_embeddings.weight
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False):
+        """Also accepts upstream Megatron-DeepSpeed's nested layout, in which each submodule's
+        entries sit in a dict under its name (`{"language_model": {"embedding": ...}}`):
+        it is flattened to this model's dotted names first (docs/formats.md, section 4)."""
+        return super().load_state_dict(flatten_nested_state_dict(state_dict), strict=strict,
+                                       assign=assign)
 
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor],
                 attention_mask: Optional[torch.Tensor] = None,
