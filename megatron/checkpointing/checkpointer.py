@@ -4,6 +4,10 @@ Crash safety: every rank writes into `global_stepN.saving/`; only after all rank
 does rank 0 write the manifest, rename the folder to `global_stepN/` and then replace the two
 tracker files atomically. A crash at any point leaves the previous checkpoint and the trackers
 as they were.
+
+Loading executes no code: the tag must name a folder inside `--load`, every file is checked
+by all ranks together before any is read, and every read unpickles weights only
+(`safe_load`).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from typing import Any, Dict, Optional
 import torch
 import torch.distributed as dist
 
+from megatron.checkpointing.errors import CheckpointError
 from megatron.checkpointing.fingerprint import ModelFingerprint, fingerprint_from_upstream_args
 from megatron.checkpointing.hooks import SaveHooks
 from megatron.checkpointing.layout import (LATEST_FILE, MANIFEST_FILE, REPLACED_SUFFIX,
@@ -27,14 +32,11 @@ from megatron.checkpointing.layout import (LATEST_FILE, MANIFEST_FILE, REPLACED_
                                            read_latest_tag, read_manifest, rng_file_name,
                                            tag_of_iteration)
 from megatron.checkpointing.rng import capture_rng_states, restore_rng_states
+from megatron.checkpointing.safe_load import (check_tag, deepspeed_loads_weights_only, load_file,
+                                              plain_args, refuse_unsafe_files)
 from megatron.core.utils import print_rank_0
 
 CHECKPOINT_VERSION = 3.0
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used as asked; the message names the files or fields."""
-
 
 
 def _barrier() -> None:
@@ -93,7 +95,7 @@ class Checkpointer:
             "model_fingerprint": asdict(self.fingerprint),
         }
         if self.args is not None:
-            args = argparse.Namespace(**vars(self.args))
+            args = plain_args(self.args)
             # Upstream tools read these from args.
             args.consumed_train_samples = state.consumed_train_samples
             args.consumed_valid_samples = state.consumed_valid_samples
@@ -152,7 +154,7 @@ class Checkpointer:
     def _strip_optimizer_from_model_states(self, staging_dir: str) -> None:
         """--no-save-optim without ZeRO: DeepSpeed puts the optimizer into the model states."""
         for path in glob.glob(os.path.join(staging_dir, "mp_rank_*_model_states.pt")):
-            content = torch.load(path, map_location="cpu", weights_only=False)
+            content = load_file(path)
             if content.get("optimizer") is not None:
                 content["optimizer"] = None
                 torch.save(content, path + ".tmp")
@@ -190,16 +192,22 @@ class Checkpointer:
     # -- loading ----------------------------------------------------------------------------
 
     def _resolve_tag(self, load_dir: str) -> Optional[str]:
+        """The tag to load, checked to name a folder inside `load_dir` (None: nothing to load)."""
         if self.config.load_tag is not None:
+            check_tag(load_dir, self.config.load_tag, source="--load-tag", from_file=False)
             return self.config.load_tag
         tag = read_latest_tag(load_dir)
+        source = f"{load_dir}/{LATEST_FILE}"
         if tag is None:
             tracker = os.path.join(load_dir, TRACKER_FILE)
-            if os.path.isfile(tracker):
-                with open(tracker) as handle:
-                    iteration = handle.read().strip()
-                if iteration.isdigit():
-                    return tag_of_iteration(int(iteration))
+            if not os.path.isfile(tracker):
+                return None
+            with open(tracker) as handle:
+                iteration = handle.read().strip()
+            if not iteration.isdigit():
+                return None
+            tag, source = tag_of_iteration(int(iteration)), f"{load_dir}/{TRACKER_FILE}"
+        check_tag(load_dir, tag, source=source, from_file=True)
         return tag
 
     def _check_complete(self, load_dir: str, tag: str) -> None:
@@ -222,7 +230,7 @@ class Checkpointer:
             saved = manifest.get("model", {})
         else:
             candidates = sorted(glob.glob(os.path.join(tag_dir, "mp_rank_*_model_states.pt")))
-            content = torch.load(candidates[0], map_location="cpu", weights_only=False, mmap=True)
+            content = load_file(candidates[0], mmap=True)
             if "model_fingerprint" in content:
                 saved = content["model_fingerprint"]
             elif content.get("args") is not None:
@@ -253,6 +261,7 @@ class Checkpointer:
                           "starting from scratch")
             return self.loaded
         self._check_complete(load_dir, tag)
+        refuse_unsafe_files(load_dir, os.path.join(load_dir, tag))
         self._check_fingerprint(load_dir, tag)
 
         finetune = config.finetune
@@ -261,9 +270,10 @@ class Checkpointer:
         if load_optimizer and manifest.get("has_optimizer_states") is False:
             raise CheckpointError(f"--load {load_dir}: checkpoint {tag} was saved with "
                                   "--no-save-optim; pass --no-load-optim or --finetune")
-        path, client = self.engine.load_checkpoint(
-            load_dir, tag=tag, load_optimizer_states=load_optimizer,
-            load_lr_scheduler_states=False, load_module_only=finetune)
+        with deepspeed_loads_weights_only(self.engine):
+            path, client = self.engine.load_checkpoint(
+                load_dir, tag=tag, load_optimizer_states=load_optimizer,
+                load_lr_scheduler_states=False, load_module_only=finetune)
         if path is None:
             raise CheckpointError(f"--load {load_dir}: DeepSpeed could not load checkpoint {tag}")
         client = client or {}
@@ -291,7 +301,7 @@ class Checkpointer:
             rng_path = os.path.join(load_dir, tag, rng_file_name(_rank()))
             saved_world = manifest.get("world_size")
             if os.path.isfile(rng_path) and saved_world in (None, _world_size()):
-                result.rng_states = torch.load(rng_path, map_location="cpu", weights_only=False)
+                result.rng_states = load_file(rng_path)
             else:
                 print_rank_0(f"> warning: checkpoint {tag} has no random states for this layout "
                               f"(saved with world size {saved_world}, --no-save-rng, or upstream); "

@@ -59,7 +59,7 @@ class BlendableDataset(torch.utils.data.Dataset):
                 arrays = build_blending_indices(self.weights, self.size)
                 for path, array in zip((index_path, sample_path), arrays):
                     partial = f"{path}.tmp{os.getpid()}.npy"
-                    np.save(partial, array, allow_pickle=True)
+                    np.save(partial, array, allow_pickle=False)
                     os.replace(partial, path)
                 with open(desc_path, "wt", encoding="utf-8") as handle:
                     handle.write(self.desc)
@@ -68,8 +68,8 @@ class BlendableDataset(torch.utils.data.Dataset):
         if not all_ranks_succeeded(not error, group):
             raise RuntimeError(f"could not write the blending cache in {cache_dir} "
                                f"({error or 'on another rank'}); check --data-cache-path")
-        return (np.load(index_path, allow_pickle=True, mmap_mode="r"),
-                np.load(sample_path, allow_pickle=True, mmap_mode="r"))
+        return (np.load(index_path, allow_pickle=False, mmap_mode="r"),
+                np.load(sample_path, allow_pickle=False, mmap_mode="r"))
 
     def __len__(self) -> int:
         return self.size

@@ -143,7 +143,7 @@ def _write_cache(paths: dict, desc: str, arrays: Sequence[np.ndarray]) -> None:
     os.makedirs(os.path.dirname(paths["desc"]), exist_ok=True)
     for key, array in zip(("doc", "sample", "shuffle"), arrays):
         partial = f"{paths[key]}.tmp{os.getpid()}.npy"
-        np.save(partial, array, allow_pickle=True)
+        np.save(partial, array, allow_pickle=False)
         os.replace(partial, paths[key])
     with open(paths["desc"], "wt", encoding="utf-8") as handle:
         handle.write(desc)
@@ -192,9 +192,9 @@ class GPTDataset(torch.utils.data.Dataset):
             raise RuntimeError(f"could not write the data index cache in "
                                f"{os.path.dirname(paths['desc'])} ({error or 'on another rank'});"
                                " set --data-cache-path to a writable directory")
-        self.doc_idx = np.load(paths["doc"], allow_pickle=True, mmap_mode="r")
-        self.sample_idx = np.load(paths["sample"], allow_pickle=True, mmap_mode="r")
-        self.shuffle_idx = np.load(paths["shuffle"], allow_pickle=True, mmap_mode="r")
+        self.doc_idx = np.load(paths["doc"], allow_pickle=False, mmap_mode="r")
+        self.sample_idx = np.load(paths["sample"], allow_pickle=False, mmap_mode="r")
+        self.shuffle_idx = np.load(paths["shuffle"], allow_pickle=False, mmap_mode="r")
         self.cache_dir = os.path.dirname(paths["desc"])
 
     def __len__(self) -> int:
