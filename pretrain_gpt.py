@@ -11,6 +11,12 @@ import sys
 from typing import List, Optional
 
 
+def _error(message: str) -> None:
+    """One line on stderr, written at once so that the lines of several ranks never mix."""
+    sys.stderr.write(f"pretrain_gpt.py: error: {message}\n")
+    sys.stderr.flush()
+
+
 def main(argv: Optional[List[str]] = None, *, save_hooks=None) -> int:
     """Parse, validate, build and run; 0 on success, 2 for bad flags, 1 for a failed run.
 
@@ -27,7 +33,7 @@ def main(argv: Optional[List[str]] = None, *, save_hooks=None) -> int:
         config = build_config(args, world_size=world_size,
                               accelerator_name=get_accelerator().device_name())
     except (ValueError, FileNotFoundError) as error:
-        print(f"pretrain_gpt.py: error: {error}", file=sys.stderr)
+        _error(str(error))
         return 2
 
     from megatron.checkpointing import CheckpointError
@@ -36,7 +42,7 @@ def main(argv: Optional[List[str]] = None, *, save_hooks=None) -> int:
     try:
         run(build_run(config, args=args, save_hooks=save_hooks))
     except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as error:
-        print(f"pretrain_gpt.py: error: {error}", file=sys.stderr, flush=True)
+        _error(str(error))
         return 1
     return 0
 

@@ -430,6 +430,9 @@ def _run_safety_and_reporting(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-consecutive-nonfinite-iterations", type=int, default=10,
                    help="Stop the run after this many consecutive iterations whose loss is NaN/Inf "
                         "(their updates are skipped).")
+    g.add_argument("--no-verify-checkpoint", action="store_false", dest="verify_checkpoint",
+                   help="Load without verifying the checksums that the checkpoint's manifest "
+                        "records (for a step known to be intact on a slow filesystem).")
     g.add_argument("--peak-tflops-per-device", type=float, default=None,
                    help="Peak TFLOP/s of one device for the MFU column of the log (e.g. 989 for an "
                         "H100 in bf16). Without it no MFU is printed.")

@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -26,11 +26,12 @@ import torch.distributed as dist
 from megatron.checkpointing.errors import CheckpointError
 from megatron.checkpointing.fingerprint import ModelFingerprint, fingerprint_from_upstream_args
 from megatron.checkpointing.hooks import SaveHooks
+from megatron.checkpointing.integrity import damaged_files, shared_checksums
 from megatron.checkpointing.layout import (LATEST_FILE, MANIFEST_FILE, REPLACED_SUFFIX,
                                            STAGING_SUFFIX, TRACKER_FILE, atomic_write_text,
-                                           fsync_directory, missing_files, newest_complete_tag,
+                                           fsync_directory, missing_files,
                                            read_latest_tag, read_manifest, rng_file_name,
-                                           tag_of_iteration)
+                                           tag_of_iteration, tags_newest_first)
 from megatron.checkpointing.rng import capture_rng_states, restore_rng_states
 from megatron.checkpointing.safe_load import (check_tag, deepspeed_loads_weights_only, load_file,
                                               plain_args, refuse_unsafe_files)
@@ -48,8 +49,22 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+def _broadcast_from_rank_0(value: Any) -> Any:
+    if not dist.is_initialized():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _relative_files(folder: str) -> List[str]:
+    """Every file below `folder`, as sorted paths relative to it."""
+    return sorted(os.path.relpath(os.path.join(root, name), folder)
+                  for root, _, names in os.walk(folder) for name in names)
 
 
 @dataclass
@@ -143,12 +158,16 @@ class Checkpointer:
             torch.save(capture_rng_states(), rng_path + ".tmp")
             os.replace(rng_path + ".tmp", rng_path)
         _barrier()
+        checksum_start = time.monotonic()
+        checksums = shared_checksums(staging_dir, _broadcast_from_rank_0(
+            _relative_files(staging_dir) if _rank() == 0 else None))
+        checksum_seconds = time.monotonic() - checksum_start
         if _rank() == 0:
-            self._commit(save_dir, tag, staging_dir, iteration)
+            self._commit(save_dir, tag, staging_dir, iteration, checksums)
         _barrier()
         self.last_saved_iteration = iteration
         print_rank_0(f"> saved checkpoint {tag} (iteration {iteration}) to {save_dir} "
-                      f"in {time.monotonic() - start:.1f} s")
+                     f"in {time.monotonic() - start:.2f} s (checksums {checksum_seconds:.2f} s)")
         return True
 
     def _strip_optimizer_from_model_states(self, staging_dir: str) -> None:
@@ -160,15 +179,13 @@ class Checkpointer:
                 torch.save(content, path + ".tmp")
                 os.replace(path + ".tmp", path)
 
-    def _commit(self, save_dir: str, tag: str, staging_dir: str, iteration: int) -> None:
+    def _commit(self, save_dir: str, tag: str, staging_dir: str, iteration: int,
+                checksums: Dict[str, str]) -> None:
         """Rank 0, after every rank wrote: manifest, rename into place, then the trackers."""
-        files = {}
-        for root, _, names in os.walk(staging_dir):
-            for name in names:
-                path = os.path.join(root, name)
-                files[os.path.relpath(path, staging_dir)] = os.path.getsize(path)
+        files = {name: os.path.getsize(os.path.join(staging_dir, name))
+                 for name in _relative_files(staging_dir)}
         manifest = {"tag": tag, "iteration": iteration, "world_size": _world_size(),
-                    "model": asdict(self.fingerprint), "files": files,
+                    "model": asdict(self.fingerprint), "files": files, "checksums": checksums,
                     "has_optimizer_states": not self.config.no_save_optim,
                     "has_rng_states": not self.config.no_save_rng}
         self.save_hooks.before_commit(iteration=iteration, tag=tag, staging_dir=staging_dir)
@@ -215,13 +232,45 @@ class Checkpointer:
         missing = missing_files(tag_dir)
         if not missing:
             return
-        newest = newest_complete_tag(load_dir)
-        hint = (f"the newest complete checkpoint there is {newest} (pass --load-tag {newest})"
-                if newest else "there is no complete checkpoint in that directory")
+        newest = self._newest_intact_tag(load_dir)
+        hint = (f"the newest intact checkpoint there is {newest} (pass --load-tag {newest})"
+                if newest else "there is no intact checkpoint in that directory")
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         source = "--load-tag" if self.config.load_tag is not None else f"{load_dir}/{LATEST_FILE}"
         raise CheckpointError(f"--load {load_dir}: checkpoint {tag} (from {source}) is missing or "
                               f"incomplete: missing {shown}; {hint}")
+
+    def _newest_intact_tag(self, load_dir: str) -> Optional[str]:
+        """The newest step with all its files, whose checksums match when verification is on
+        (collective: every rank walks the same steps)."""
+        for tag in tags_newest_first(load_dir):
+            tag_dir = os.path.join(load_dir, tag)
+            if missing_files(tag_dir):
+                continue
+            checksums = (read_manifest(tag_dir) or {}).get("checksums")
+            if self.config.verify_checkpoint and checksums and damaged_files(tag_dir, checksums):
+                continue
+            return tag
+        return None
+
+    def _verify_checksums(self, load_dir: str, tag: str) -> Optional[float]:
+        """Seconds spent checking the step's files against the manifest (ranks share the
+        files), or None when it records no checksums (upstream's, or older ones)."""
+        start = time.monotonic()
+        tag_dir = os.path.join(load_dir, tag)
+        checksums = (read_manifest(tag_dir) or {}).get("checksums")
+        if not checksums:
+            return None
+        damaged = damaged_files(tag_dir, checksums)
+        if damaged:
+            newest = self._newest_intact_tag(load_dir)
+            hint = (f"the newest intact checkpoint there is {newest} (pass --load-tag {newest})"
+                    if newest and newest != tag else "there is no other intact checkpoint there")
+            shown = ", ".join(damaged[:3]) + (f" and {len(damaged) - 3} more"
+                                              if len(damaged) > 3 else "")
+            raise CheckpointError(f"--load {load_dir}: checkpoint {tag} is damaged: {shown}; "
+                                  f"{hint}")
+        return time.monotonic() - start
 
     def _check_fingerprint(self, load_dir: str, tag: str) -> None:
         tag_dir = os.path.join(load_dir, tag)
@@ -260,7 +309,9 @@ class Checkpointer:
             print_rank_0(f"> no checkpoint found in --load {load_dir} (no {LATEST_FILE} file); "
                           "starting from scratch")
             return self.loaded
+        start = time.monotonic()
         self._check_complete(load_dir, tag)
+        verified = self._verify_checksums(load_dir, tag) if config.verify_checkpoint else None
         refuse_unsafe_files(load_dir, os.path.join(load_dir, tag))
         self._check_fingerprint(load_dir, tag)
 
@@ -302,14 +353,24 @@ class Checkpointer:
             saved_world = manifest.get("world_size")
             if os.path.isfile(rng_path) and saved_world in (None, _world_size()):
                 result.rng_states = load_file(rng_path)
+            elif not manifest:
+                print_rank_0(f"> checkpoint {tag} has no per-rank random-state files (upstream "
+                             "Megatron-DeepSpeed writes none): random states start from --seed")
             else:
                 print_rank_0(f"> warning: checkpoint {tag} has no random states for this layout "
                               f"(saved with world size {saved_world}, --no-save-rng, or upstream); "
                               "random states start from --seed")
+        if verified is not None:
+            checked = f"checksums verified in {verified:.2f} s"
+        elif config.verify_checkpoint:
+            checked = "no checksums recorded"
+        else:
+            checked = "checksums not verified: --no-verify-checkpoint"
         print_rank_0(f"> loaded checkpoint {tag} from {load_dir} at iteration "
-                      f"{self.state.iteration} (consumed samples "
-                      f"{self.state.consumed_train_samples}"
-                      f"{', optimizer state not loaded' if not load_optimizer else ''})")
+                     f"{self.state.iteration} (consumed samples "
+                     f"{self.state.consumed_train_samples}"
+                     f"{', optimizer state not loaded' if not load_optimizer else ''}) "
+                     f"in {time.monotonic() - start:.2f} s ({checked})")
         self.loaded = result
         return result
 

@@ -104,14 +104,19 @@ def read_manifest(tag_dir: str) -> Optional[Dict[str, Any]]:
         return json.load(handle)
 
 
-def newest_complete_tag(load_dir: str) -> Optional[str]:
-    """The `global_stepN` with the largest N that has every file it needs."""
+def tags_newest_first(load_dir: str) -> List[str]:
+    """The `global_stepN` folders of `load_dir`, largest N first."""
     tags = []
     for entry in os.listdir(load_dir) if os.path.isdir(load_dir) else []:
         match = _TAG_PATTERN.match(entry)
         if match and os.path.isdir(os.path.join(load_dir, entry)):
             tags.append((int(match.group(1)), entry))
-    for _, tag in sorted(tags, reverse=True):
+    return [tag for _, tag in sorted(tags, reverse=True)]
+
+
+def newest_complete_tag(load_dir: str) -> Optional[str]:
+    """The `global_stepN` with the largest N that has every file it needs."""
+    for tag in tags_newest_first(load_dir):
         if not missing_files(os.path.join(load_dir, tag)):
             return tag
     return None

@@ -39,12 +39,12 @@ import os
 import pickle
 import re
 import warnings
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 
 from megatron.checkpointing.errors import CheckpointError
-from megatron.checkpointing.integrity import _gather_to_all, _my_share
+from megatron.checkpointing.shared_work import gather_to_all_ranks, rank_share
 from megatron.core.enums import ModelType
 
 REFUSAL = "refusing to load it"
@@ -165,12 +165,12 @@ def refuse_unsafe_files(load_dir: str, tag_dir: str) -> None:
     r + world, ... and the ranks share what they found."""
     names = checkpoint_files(tag_dir)
     problems = []
-    for name in _my_share(names):
+    for name in rank_share(names):
         path = os.path.join(tag_dir, name)
         reason = unsafe_content(path)
         if reason is not None:
             problems.append(refusal(path, reason))
-    problems = sorted(_gather_to_all(problems))
+    problems = sorted(gather_to_all_ranks(problems))
     if problems:
         others = len(problems) - 1
         more = f" (and {others} more file{'s' if others > 1 else ''})" if others else ""

@@ -187,6 +187,8 @@ class CheckpointConfig:
     """--finetune."""
     exit_on_missing_checkpoint: bool = False
     """--exit-on-missing-checkpoint: --load finding no checkpoint is an error."""
+    verify_checkpoint: bool = True
+    """False with --no-verify-checkpoint: skip the checksums of the step --load reads."""
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,8 @@ def build_checkpoint_config(args: argparse.Namespace) -> CheckpointConfig:
         save=args.save, save_interval=args.save_interval, load=args.load, load_tag=args.load_tag,
         no_save_optim=bool(args.no_save_optim), no_save_rng=bool(args.no_save_rng),
         no_load_optim=bool(args.no_load_optim), no_load_rng=bool(args.no_load_rng), finetune=args.finetune,
-        exit_on_missing_checkpoint=args.exit_on_missing_checkpoint)
+        exit_on_missing_checkpoint=args.exit_on_missing_checkpoint,
+        verify_checkpoint=args.verify_checkpoint)
 
 
 _TENSORBOARD_SWITCHES = (

@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -84,6 +84,24 @@ def run_pretrain(args: Sequence[str], *, num_procs: int = 1, launcher: str = "to
     if completed.returncode != 0:
         raise AssertionError(f"{Path(script).name} exited {completed.returncode}:\n{output[-6000:]}")
     return output
+
+
+_ERROR_LINE = re.compile(r"^pretrain_gpt\.py: error: .*$", re.MULTILINE)
+
+
+def run_pretrain_refused(args: Sequence[str], *, num_procs: int = 1,
+                         timeout: float = 120) -> Tuple[int, List[str], str]:
+    """pretrain_gpt.py expected to stop with an error: (exit code, its error lines, output)."""
+    script = str(REPO_ROOT / "pretrain_gpt.py")
+    command = ([sys.executable, script] if num_procs == 1 else
+               [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_procs),
+                "--master_port", str(free_port()), script])
+    completed = processes.run(command + list(args), cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=timeout,
+                              env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
+    output = completed.stdout + completed.stderr
+    assert completed.returncode != 0, output[-3000:]
+    return completed.returncode, _ERROR_LINE.findall(output), output
 
 
 def losses_by_iteration(output: str) -> Dict[int, float]:

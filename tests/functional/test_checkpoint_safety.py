@@ -10,22 +10,18 @@ both ranks (no rank left waiting in a collective).
 """
 import json
 import os
-import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from megatron.checkpointing import MANIFEST_FILE, load_file
-from tests import processes
-from tests.functional.launch import (REPO_ROOT, free_port, losses_by_iteration, run_pretrain,
+from tests.functional.launch import (losses_by_iteration, run_pretrain, run_pretrain_refused,
                                      tiny_gpt_args, write_random_dataset)
 
 pytestmark = pytest.mark.slow
 
 ENGINES = {"zero": ["--no-pipeline-parallel", "--bf16"], "pipe": []}
-_ERROR_LINE = re.compile(r"^pretrain_gpt\.py: error: .*$", re.MULTILINE)
 
 
 class ShellPayload:
@@ -103,19 +99,6 @@ def _refresh_manifest(path: Path) -> None:
     path.write_text(json.dumps(manifest, indent=1))
 
 
-def _run_refused(args, *, num_procs=1):
-    """pretrain_gpt.py expected to stop with an error: (exit code, its error lines)."""
-    script = str(REPO_ROOT / "pretrain_gpt.py")
-    command = ([sys.executable, script] if num_procs == 1 else
-               [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_procs),
-                "--master_port", str(free_port()), script])
-    completed = processes.run(command + list(args), cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    output = completed.stdout + completed.stderr
-    assert completed.returncode != 0, output[-3000:]
-    return completed.returncode, _ERROR_LINE.findall(output), output
-
-
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_checkpoints_of_this_project_still_load(dataset, saved, engine):
     output = run_pretrain(_args(dataset, engine, "--load", str(saved[engine]),
@@ -136,7 +119,7 @@ def test_crafted_file_is_refused_before_it_runs(dataset, saved, tmp_path, engine
     marker = tmp_path / "marker"
     folder = _corrupted_copy(saved[engine], tmp_path, victim, marker=marker,
                              keep_manifest=keep_manifest)
-    code, errors, output = _run_refused(_args(dataset, engine, "--load", str(folder)))
+    code, errors, output = run_pretrain_refused(_args(dataset, engine, "--load", str(folder)))
     assert code == 1
     assert errors == [
         f"pretrain_gpt.py: error: --load {folder}: checkpoint file "
@@ -150,7 +133,7 @@ def test_latest_pointing_outside_the_folder_is_refused(dataset, saved, tmp_path)
     shutil.copytree(saved["zero"], folder)
     shutil.copytree(folder / "global_step1", tmp_path / "elsewhere")
     (folder / "latest").write_text("../elsewhere")
-    code, errors, output = _run_refused(_args(dataset, "zero", "--load", str(folder)))
+    code, errors, output = run_pretrain_refused(_args(dataset, "zero", "--load", str(folder)))
     assert code == 1
     assert errors == [
         f"pretrain_gpt.py: error: --load {folder}: {folder}/latest names checkpoint "
@@ -162,7 +145,7 @@ def test_a_file_only_one_rank_reads_stops_every_rank(dataset, saved, tmp_path):
     marker = tmp_path / "marker"
     # Loaded by two ranks, rank 1 alone reads (and checks) rank 1's RNG file.
     folder = _corrupted_copy(saved["zero"], tmp_path, "rng_state_rank_00001.pt", marker=marker)
-    code, errors, output = _run_refused(_args(dataset, "zero", "--load", str(folder),
+    code, errors, output = run_pretrain_refused(_args(dataset, "zero", "--load", str(folder),
                                               "--no-load-optim"), num_procs=2)
     expected = (f"pretrain_gpt.py: error: --load {folder}: checkpoint file "
                 f"{folder / 'global_step1' / 'rng_state_rank_00001.pt'} needs "

@@ -182,7 +182,7 @@ def test_latest_pointing_at_a_missing_step_is_refused(dataset, saved_run, tmp_pa
     (directory / "latest").write_text("global_step9")
     code, output = _run_failing(_args(dataset, "--no-pipeline-parallel", "--load", str(directory)))
     assert "global_step9" in output and "missing" in output
-    assert f"newest complete checkpoint there is global_step{2 * N} (pass --load-tag global_step{2 * N})" in output
+    assert f"newest intact checkpoint there is global_step{2 * N} (pass --load-tag global_step{2 * N})" in output
 
 
 def test_partial_step_is_refused_naming_the_missing_file(dataset, saved_run, tmp_path):
