@@ -1,7 +1,8 @@
 """Checksums of a checkpoint's files: recorded in the manifest at save, verified at load.
 
-CRC-32 (zlib: about 2 GB/s on one core, no extra dependency) catches bit rot and truncated or
-partial copies; it is not a defence against deliberate tampering (loading executes no code
+CRC-32C (the `crc32c` package: hardware instructions, about 11 GB/s on one core of the CPU
+machines, against 2 GB/s for zlib's CRC-32) catches bit rot and truncated or partial copies;
+it is not a defence against deliberate tampering (loading executes no code
 whatever the files hold, see `megatron.checkpointing.safe_load`). The ranks share the work
 (`shared_work`).
 """
@@ -9,23 +10,31 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence
+
+import crc32c
 
 from megatron.checkpointing.shared_work import gather_to_all_ranks, rank_share
 
 _CHUNK_BYTES = 16 * 1024 * 1024
+# Algorithm name -> running-checksum function; a record names its algorithm, so one written
+# with another stays verifiable.
+_ALGORITHMS: Dict[str, Callable[[bytes, int], int]] = {
+    "crc32c": crc32c.crc32c, "crc32": zlib.crc32}
+DEFAULT_ALGORITHM = "crc32c"
 
 
-def file_checksum(path: str) -> str:
-    """'crc32:xxxxxxxx' of the file's bytes."""
-    crc = 0
+def file_checksum(path: str, algorithm: str = DEFAULT_ALGORITHM) -> str:
+    """'<algorithm>:xxxxxxxx' of the file's bytes (crc32c by default, or crc32)."""
+    update = _ALGORITHMS[algorithm]
+    value = 0
     with open(path, "rb") as handle:
         while True:
             chunk = handle.read(_CHUNK_BYTES)
             if not chunk:
                 break
-            crc = zlib.crc32(chunk, crc)
-    return f"crc32:{crc:08x}"
+            value = update(chunk, value)
+    return f"{algorithm}:{value:08x}"
 
 
 def shared_checksums(root: str, names: Sequence[str]) -> Dict[str, str]:
@@ -45,7 +54,9 @@ def damaged_files(root: str, checksums: Dict[str, str]) -> List[str]:
         if not os.path.isfile(path):
             problems.append(f"{path} (missing)")
             continue
-        actual = file_checksum(path)
+        algorithm = checksums[name].partition(":")[0]
+        actual = (file_checksum(path, algorithm) if algorithm in _ALGORITHMS
+                  else f"unknown algorithm {algorithm!r}")
         if actual != checksums[name]:
             problems.append(f"{path} (checksum {actual}, recorded {checksums[name]})")
     return sorted(gather_to_all_ranks(problems))

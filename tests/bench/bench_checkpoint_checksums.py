@@ -3,7 +3,7 @@ on checksums printed beside the time of the whole save and load.
 
     python tests/bench/bench_checkpoint_checksums.py [--layers 12 --hidden 768 --ranks 1]
 
-Trains 1 iteration of the 125M shape (fp32, ZeRO-1, pipeline engine unless --no-pipeline),
+Trains 1 of 2 iterations of the 125M shape (fp32, ZeRO-1, pipeline engine unless --no-pipeline),
 saves it, then resumes it for one more iteration with and without --no-verify-checkpoint, and
 prints the save time, the checksum share of it, and both load times, side by side.
 """
@@ -62,8 +62,9 @@ def main() -> None:
                 "--vocab-size", str(VOCAB), "--deepspeed", "--zero-stage", "1"]
         if args.no_pipeline:
             base.append("--no-pipeline-parallel")
-        saved = _SAVED.search(_run(base + ["--train-iters", "1", "--save", save_dir,
-                                           "--save-interval", "1"], args.ranks, threads))
+        saved = _SAVED.search(_run(base + ["--train-iters", "2", "--save", save_dir,
+                                           "--save-interval", "1", "--exit-interval", "1"],
+                                   args.ranks, threads))
         size = sum(f.stat().st_size for f in Path(save_dir).rglob("*") if f.is_file())
         timings = {}
         for label, extra in (("verified", []), ("--no-verify-checkpoint", ["--no-verify-checkpoint"])):

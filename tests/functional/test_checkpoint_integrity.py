@@ -57,7 +57,7 @@ def test_a_flipped_byte_is_refused_naming_the_file_and_the_intact_step(dataset, 
     victim.write_bytes(bytes(data))
     code, errors, _ = run_pretrain_refused(_args(dataset, "--load", str(copy)))
     assert code == 1 and len(errors) == 1
-    assert f"checkpoint global_step2 is damaged: {victim} (checksum crc32:" in errors[0]
+    assert f"checkpoint global_step2 is damaged: {victim} (checksum crc32c:" in errors[0]
     assert "the newest intact checkpoint there is global_step1 (pass --load-tag global_step1)" \
         in errors[0]
 
@@ -78,7 +78,7 @@ def test_no_verify_checkpoint_skips_the_checksums(dataset, saved, tmp_path):
     manifest_path = copy / "global_step2" / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
     name = sorted(manifest["checksums"])[0]
-    manifest["checksums"][name] = "crc32:00000000"  # a wrong record, the file itself is fine
+    manifest["checksums"][name] = "crc32c:00000000"  # a wrong record, the file itself is fine
     manifest_path.write_text(json.dumps(manifest))
     _, errors, _ = run_pretrain_refused(_args(dataset, "--load", str(copy)))
     assert errors and "is damaged" in errors[0]

@@ -6,7 +6,7 @@ def _checksums_and_damage(directory, names):
     from megatron.checkpointing.integrity import damaged_files, shared_checksums
 
     recorded = shared_checksums(directory, names)
-    return recorded, damaged_files(directory, {**recorded, names[-1]: "crc32:00000000"})
+    return recorded, damaged_files(directory, {**recorded, names[-1]: "crc32c:00000000"})
 
 
 def test_shared_checksums_equal_one_process(tmp_path):
@@ -20,4 +20,4 @@ def test_shared_checksums_equal_one_process(tmp_path):
     for recorded, damaged in results:  # rank 0 checked file_4; every rank sees the result
         assert recorded == expected
         assert damaged == [f"{tmp_path / names[-1]} (checksum {expected[names[-1]]}, "
-                           f"recorded crc32:00000000)"]
+                           f"recorded crc32c:00000000)"]

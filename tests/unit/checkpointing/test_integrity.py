@@ -2,10 +2,11 @@
 from megatron.checkpointing.integrity import damaged_files, file_checksum, shared_checksums
 
 
-def test_checksum_is_the_standard_crc32(tmp_path):
+def test_checksums_are_the_standard_crc32c_and_crc32(tmp_path):
     path = tmp_path / "check"
-    path.write_bytes(b"123456789")  # the CRC-32 standard's check input
-    assert file_checksum(str(path)) == "crc32:cbf43926"
+    path.write_bytes(b"123456789")  # the standards' check input
+    assert file_checksum(str(path)) == "crc32c:e3069283"
+    assert file_checksum(str(path), "crc32") == "crc32:cbf43926"
 
 
 def test_large_files_are_read_in_chunks(tmp_path):
@@ -13,7 +14,7 @@ def test_large_files_are_read_in_chunks(tmp_path):
     path.write_bytes(bytes(range(256)) * (70_000 * 3))  # about 50 MB: several chunks
     import zlib
 
-    assert file_checksum(str(path)) == f"crc32:{zlib.crc32(path.read_bytes()):08x}"
+    assert file_checksum(str(path), "crc32") == f"crc32:{zlib.crc32(path.read_bytes()):08x}"
 
 
 def test_flipped_byte_truncation_and_missing_file_are_found(tmp_path):
@@ -31,4 +32,11 @@ def test_flipped_byte_truncation_and_missing_file_are_found(tmp_path):
     problems = damaged_files(str(tmp_path), recorded)
     assert [p.split(" (")[0] for p in problems] == [
         str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), str(tmp_path / "sub" / "d.pt")]
-    assert "recorded crc32:" in problems[0] and problems[2].endswith("(missing)")
+    assert "recorded crc32c:" in problems[0] and problems[2].endswith("(missing)")
+
+
+def test_a_record_of_another_algorithm_is_verified_with_it(tmp_path):
+    (tmp_path / "a.pt").write_bytes(b"123456789")
+    assert damaged_files(str(tmp_path), {"a.pt": "crc32:cbf43926"}) == []
+    assert damaged_files(str(tmp_path), {"a.pt": "md5:00"}) == [
+        f"{tmp_path / 'a.pt'} (checksum unknown algorithm 'md5', recorded md5:00)"]
