@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Optional
 
 from megatron.core.utils import print_rank_last
 from megatron.training.flops import training_flops_per_iteration
+from megatron.training.memory import max_over_ranks, peak_memory_bytes
 
 if TYPE_CHECKING:  # the context holds a writer from this module
     from megatron.training.context import RunContext
@@ -37,6 +38,10 @@ class IterationReport:
     tflops_per_device: float
     tokens_per_second_per_device: float
     mfu: Optional[float]
+    peak_memory_bytes: Optional[int] = None
+    """The largest peak memory of all ranks (accelerator memory on GPU, RSS on CPU)."""
+    eta_seconds: Optional[float] = None
+    """Estimated time to finish: mean step time x iterations left."""
 
 
 def format_iteration_line(report: IterationReport) -> str:
@@ -65,7 +70,29 @@ def format_iteration_line(report: IterationReport) -> str:
     ]
     if report.mfu is not None:
         parts.append(f" MFU: {100.0 * report.mfu:.1f}% |")
+    if report.peak_memory_bytes is not None:
+        parts.append(f" peak memory (GiB): {report.peak_memory_bytes / 2 ** 30:.2f} |")
+    if report.eta_seconds is not None:
+        parts.append(f" ETA: {format_duration(report.eta_seconds)} |")
     return "".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    """`H:MM:SS` (hours may exceed 24), rounded to the second."""
+    minutes, secs = divmod(int(round(max(seconds, 0.0))), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def iterations_left(*, iteration: int, train_iters: int, consumed_tokens: int,
+                    train_tokens: Optional[int], tokens_per_iteration: int) -> int:
+    """Iterations until the first stop condition: --train-iters/--train-samples, or
+    --train-tokens when it comes first."""
+    left = max(train_iters - iteration, 0)
+    if train_tokens is not None and tokens_per_iteration > 0:
+        tokens_left = max(train_tokens - consumed_tokens, 0)
+        left = min(left, -(-tokens_left // tokens_per_iteration))
+    return left
 
 
 def perplexity(loss: float) -> float:
@@ -123,6 +150,8 @@ class LogInterval:
 
 
 def log_iteration(context: "RunContext", interval: LogInterval) -> None:
+    """Print the iteration line (last rank). Collective: every rank calls it (peak memory is
+    the largest of all ranks)."""
     config, state = context.config, context.state
     elapsed = max(time.monotonic() - interval.start_time, 1e-9)
     seconds_per_iteration = elapsed / max(interval.iterations, 1)
@@ -147,7 +176,12 @@ def log_iteration(context: "RunContext", interval: LogInterval) -> None:
         tflops_per_device=tflops_per_device,
         tokens_per_second_per_device=global_batch * seq_length / seconds_per_iteration / world_size,
         mfu=(tflops_per_device / config.logging.peak_tflops_per_device
-             if config.logging.peak_tflops_per_device else None))
+             if config.logging.peak_tflops_per_device else None),
+        peak_memory_bytes=max_over_ranks(peak_memory_bytes()),
+        eta_seconds=seconds_per_iteration * iterations_left(
+            iteration=state.iteration, train_iters=config.schedule.train_iters,
+            consumed_tokens=state.consumed_train_tokens, train_tokens=config.schedule.train_tokens,
+            tokens_per_iteration=global_batch * seq_length))
     print_rank_last(format_iteration_line(report))
 
 

@@ -1,5 +1,6 @@
 """Whole-program training runs: learning on real text, evaluation lines, non-finite losses."""
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -86,6 +87,24 @@ def test_validation_at_interval_and_test_at_end(random_dataset, tmp_path):
     for _, loss, ppl in results:
         assert ppl == pytest.approx(2.718281828 ** loss, rel=1e-5)
     assert list((tmp_path / "tb").glob("events.out.tfevents.*")), "no tensorboard events written"
+
+
+def test_log_line_ends_with_peak_memory_and_eta(random_dataset):
+    """Two ranks (the memory is the larger of both); the fields come last and the ETA counts
+    down to 0:00:00 at the last iteration."""
+    import psutil
+
+    output = run_pretrain(tiny_gpt_args(random_dataset, train_iters=3,
+                                        extra=["--no-pipeline-parallel"]), num_procs=2)
+    lines = [line for line in output.splitlines() if line.startswith(" iteration ")]
+    assert len(lines) == 3
+    for line in lines:
+        assert re.search(r" tokens per second per device: [0-9.]+ \| peak memory \(GiB\): "
+                         r"[0-9.]+ \| ETA: \d+:\d\d:\d\d \|$", line), line
+    peak_gib = float(re.search(r"peak memory \(GiB\): ([0-9.]+)", lines[-1]).group(1))
+    # A rank imports torch and deepspeed (hundreds of MiB); none can exceed the machine.
+    assert 0.2 < peak_gib < psutil.virtual_memory().total / 2 ** 30
+    assert lines[-1].endswith(" ETA: 0:00:00 |")
 
 
 def _run_with_injected_nan(data_prefix, iterations, spec, extra=()):

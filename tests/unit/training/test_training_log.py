@@ -61,3 +61,22 @@ def test_train_state_round_trip_and_unknown_fields():
         assert "iterations" in str(error)
     else:
         raise AssertionError("unknown field accepted")
+
+
+def test_memory_and_eta_come_after_every_other_field():
+    from megatron.training.log import format_duration
+
+    line = format_iteration_line(_report(peak_memory_bytes=3 * 2 ** 30 // 2, eta_seconds=93784.4))
+    assert line.startswith(UPSTREAM_LINE)
+    assert line.endswith(" MFU: 52.0% | peak memory (GiB): 1.50 | ETA: 26:03:04 |")
+    assert format_duration(59.5) == "0:01:00" and format_duration(-3) == "0:00:00"
+
+
+def test_iterations_left_stops_at_the_first_condition():
+    from megatron.training.log import iterations_left
+
+    common = dict(iteration=10, train_iters=100, consumed_tokens=10_000, tokens_per_iteration=1_000)
+    assert iterations_left(**common, train_tokens=None) == 90
+    assert iterations_left(**common, train_tokens=15_500) == 6  # 5.5 iterations of tokens, rounded up
+    assert iterations_left(**common, train_tokens=500_000) == 90
+    assert iterations_left(**{**common, "iteration": 120}, train_tokens=None) == 0
