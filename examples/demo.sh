@@ -8,7 +8,8 @@
 #   4. launches `deepspeed` on 2 ranks (pipeline parallel x2 + ZeRO-1; on a machine with a
 #      single GPU: 1 rank) for the first half of the iterations, saving a checkpoint,
 #   5. relaunches the same command, which resumes from the checkpoint, finishes training
-#      and evaluates on the validation and test splits.
+#      and evaluates on the validation and test splits,
+#   6. plots the run (both parts stitched) with tools/plot_logs.py.
 #
 # Environment knobs: DEMO_TRAIN_ITERS (default 200), DEMO_DIR (default ./demo_output).
 set -euo pipefail
@@ -37,11 +38,11 @@ else
 fi
 PP=$RANKS
 
-echo "== 1/4 building the demo corpus and tokenizer in $DATA_DIR"
+echo "== 1/5 building the demo corpus and tokenizer in $DATA_DIR"
 if [ ! -f "$DATA_DIR/demo_text_document.idx" ]; then
     "$PYTHON" tools/build_demo_corpus.py --output "$DATA_DIR/corpus.jsonl" --max-mb 4 \
         --sentencepiece-prefix "$DATA_DIR/spm" --vocab-size 8192
-    echo "== 2/4 preprocessing"
+    echo "== 2/5 preprocessing"
     "$PYTHON" tools/preprocess_data.py --input "$DATA_DIR/corpus.jsonl" \
         --output-prefix "$DATA_DIR/demo" --tokenizer-type GPTSentencePieceTokenizer \
         --tokenizer-model "$DATA_DIR/spm.model" --append-eod --workers 2
@@ -79,16 +80,21 @@ ARGS=(
     $PRECISION
 )
 
-echo "== 3/4 training iterations 1-$HALF on $RANKS rank(s), then stopping (--exit-interval $HALF)"
+echo "== 3/5 training iterations 1-$HALF on $RANKS rank(s), then stopping (--exit-interval $HALF)"
 deepspeed --num_gpus "$RANKS" --master_port "${MASTER_PORT:-29517}" pretrain_gpt.py "${ARGS[@]}" \
     --exit-interval "$HALF" 2>&1 | grep -v "^\[20.*\] \[INFO\]" | tee "$LOG_DIR/part1.log"
 
-echo "== 4/4 relaunching: resumes from $CHECKPOINT_DIR and trains to iteration $TRAIN_ITERS"
+echo "== 4/5 relaunching: resumes from $CHECKPOINT_DIR and trains to iteration $TRAIN_ITERS"
 deepspeed --num_gpus "$RANKS" --master_port "${MASTER_PORT:-29517}" pretrain_gpt.py "${ARGS[@]}" \
     2>&1 | grep -v "^\[20.*\] \[INFO\]" | tee "$LOG_DIR/part2.log"
+
+echo "== 5/5 plotting the run into $DEMO_DIR/plots"
+"$PYTHON" tools/plot_logs.py --run "demo=$LOG_DIR/part1.log,$LOG_DIR/part2.log" \
+    --output "$DEMO_DIR/plots"
 
 echo
 echo "Demo finished."
 echo "  checkpoints : $CHECKPOINT_DIR (latest: $(cat "$CHECKPOINT_DIR/latest" 2>/dev/null || echo none))"
 echo "  logs        : $LOG_DIR/part1.log, $LOG_DIR/part2.log"
 echo "  tensorboard : tensorboard --logdir $TENSORBOARD_DIR"
+echo "  plots       : $DEMO_DIR/plots/train_loss_vs_iteration.png (and the others there)"

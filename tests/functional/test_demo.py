@@ -26,3 +26,5 @@ def test_demo_trains_saves_resumes_and_evaluates(tmp_path):
     assert (tmp_path / "demo/checkpoints/latest").read_text() == "global_step4"
     assert "Demo finished." in output
     assert list((tmp_path / "demo/tensorboard").glob("events.out.tfevents.*"))
+    plot = tmp_path / "demo/plots/train_loss_vs_iteration.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(plot) in output
