@@ -118,6 +118,12 @@ def build_config(args: argparse.Namespace, *, world_size: int, accelerator_name:
         raise ValueError(f"ZeRO stage {merged.zero_stage} (--zero-stage / \"zero_optimization.stage\") does not "
                          f"work with DeepSpeed's pipeline engine (--pipeline-model-parallel-size {pp}); use ZeRO "
                          "stage 0 or 1, or --no-pipeline-parallel with --pipeline-model-parallel-size 1")
+    if merged.zero_stage >= 3 and (args.log_params_norm or args.log_num_zeros_in_grad):
+        given = [flag for flag, on in (("--log-params-norm", args.log_params_norm),
+                                       ("--log-num-zeros-in-grad", args.log_num_zeros_in_grad)) if on]
+        raise ValueError(f"{', '.join(given)} need ZeRO stage 0, 1 or 2 (--zero-stage / "
+                         f"\"zero_optimization.stage\" is {merged.zero_stage}): ZeRO-3 partitions the "
+                         "parameters themselves, which these counts do not read yet")
     rampup = _rampup(args)
     model = build_model_config(args, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                params_dtype=precision.params_dtype)

@@ -227,6 +227,10 @@ class LoggingConfig:
     """--log-world-size-to-tensorboard."""
     peak_tflops_per_device: Optional[float] = None
     """--peak-tflops-per-device: the MFU column's denominator (no MFU without it)."""
+    log_params_norm: bool = False
+    """--log-params-norm: log the L2 norm of all parameters (a pass over them per iteration)."""
+    log_num_zeros_in_grad: bool = False
+    """--log-num-zeros-in-grad: log the number of zero gradient entries before each step."""
 
 
 @dataclass(frozen=True)

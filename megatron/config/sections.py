@@ -233,6 +233,7 @@ def build_logging_config(args: argparse.Namespace) -> LoggingConfig:
         log_learning_rate_to_tensorboard=args.log_learning_rate_to_tensorboard,
         log_loss_scale_to_tensorboard=args.log_loss_scale_to_tensorboard,
         peak_tflops_per_device=args.peak_tflops_per_device,
+        log_params_norm=args.log_params_norm, log_num_zeros_in_grad=args.log_num_zeros_in_grad,
         **{dest: getattr(args, dest) for dest, _ in _TENSORBOARD_SWITCHES})
 
 

@@ -135,8 +135,6 @@ UNSUPPORTED_FLAGS: Tuple[UnsupportedFlag, ...] = (
     _u("--repeated-dataloader", "repeated_dataloader", False, "not implemented"),
     _u("--use-dataset-only", "use_dataset_only", False, "not implemented"),
     # Logging, profiling, cluster integration.
-    _u("--log-params-norm", "log_params_norm", False, "parameter-norm logging is not implemented"),
-    _u("--log-num-zeros-in-grad", "log_num_zeros_in_grad", False, "zero-count logging is not implemented"),
     _u("--wandb-project", "wandb_project", "", "Weights & Biases logging is not implemented"),
     _u("--wandb-exp-name", "wandb_exp_name", "", "Weights & Biases logging is not implemented"),
     _u("--wandb-save-dir", "wandb_save_dir", "", "Weights & Biases logging is not implemented"),

@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from megatron.training.batch import get_batch, masked_mean_loss
 from megatron.core import parallel_state
+from megatron.training.model_stats import GradZeroCounter, params_l2_norm
 from megatron.training.nonfinite import NonFiniteStepGuard
 from megatron.training.timers import Timers
 
@@ -27,6 +28,10 @@ class StepResult:
     """True when no update was applied (non-finite gradients, or an fp16 overflow)."""
     grad_norm: Optional[float]
     loss_scale: Optional[float]
+    num_zeros_in_grad: Optional[int] = None
+    """Zero gradient entries of the whole model right before the step (--log-num-zeros-in-grad)."""
+    params_norm: Optional[float] = None
+    """L2 norm of all parameters after the step (--log-params-norm)."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,8 @@ class TrainingEngine:
 
     def __init__(self, model: torch.nn.Module, *, optimizer: torch.optim.Optimizer,
                  ds_config: Dict[str, Any], pipeline: bool, batch_options: BatchOptions,
-                 timers: Optional[Timers] = None) -> None:
+                 timers: Optional[Timers] = None, log_params_norm: bool = False,
+                 log_num_zeros_in_grad: bool = False) -> None:
         import deepspeed
 
         self.timers = timers or Timers(log_level=0, log_option="minmax", barrier_with_level_1=False)
@@ -56,6 +62,10 @@ class TrainingEngine:
             mpu=None if pipeline else parallel_state.get_mpu(), dist_init_required=False)
         if pipeline:
             self.engine.set_batch_fn(self._pipe_batch)
+        self.log_params_norm = log_params_norm
+        # The gradients are only complete (and, under ZeRO, partitioned) inside the step.
+        self.zero_counter = (GradZeroCounter(self.engine.optimizer, self.engine.module)
+                             if log_num_zeros_in_grad else None)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -104,6 +114,8 @@ class TrainingEngine:
 
     def train_step(self, data_iterator: Optional[Iterator]) -> StepResult:
         timers = self.timers
+        if self.zero_counter is not None:
+            self.zero_counter.last_count = None
         if self.pipeline:
             timers("forward-backward", 1).start(barrier=True)
             loss = self.engine.train_batch(data_iter=data_iterator).item()
@@ -132,7 +144,11 @@ class TrainingEngine:
         loss_scale = getattr(optimizer, "cur_scale", None) if self.engine.fp16_enabled() else None
         return StepResult(loss=loss, skipped=skipped,
                           grad_norm=None if grad_norm is None or skipped else float(grad_norm),
-                          loss_scale=loss_scale)
+                          loss_scale=loss_scale,
+                          num_zeros_in_grad=(self.zero_counter.last_count
+                                             if self.zero_counter is not None else None),
+                          params_norm=(params_l2_norm(self.engine.module)
+                                       if self.log_params_norm else None))
 
     @torch.no_grad()
     def eval_step(self, data_iterator: Optional[Iterator]) -> float:

@@ -42,6 +42,10 @@ class IterationReport:
     """The largest peak memory of all ranks (accelerator memory on GPU, RSS on CPU)."""
     eta_seconds: Optional[float] = None
     """Estimated time to finish: mean step time x iterations left."""
+    num_zeros_in_grad: Optional[float] = None
+    """--log-num-zeros-in-grad: zero gradient entries of the last iteration."""
+    params_norm: Optional[float] = None
+    """--log-params-norm: L2 norm of all parameters after the last iteration."""
 
 
 def format_iteration_line(report: IterationReport) -> str:
@@ -60,6 +64,10 @@ def format_iteration_line(report: IterationReport) -> str:
         parts.append(f" loss scale: {report.loss_scale:.1f} |")
     if report.grad_norm is not None:
         parts.append(f" grad norm: {report.grad_norm:.3f} |")
+    if report.num_zeros_in_grad is not None:
+        parts.append(f" num zeros: {report.num_zeros_in_grad:.1f} |")
+    if report.params_norm is not None:
+        parts.append(f" params norm: {report.params_norm:.3f} |")
     parts += [
         f" actual seqlen: {report.seq_length:5d} |",
         f" number of skipped iterations: {report.skipped_iterations:3d} |",
@@ -170,6 +178,8 @@ def log_iteration(context: "RunContext", interval: LogInterval) -> None:
         lm_loss=interval.loss_sum / interval.losses_counted if interval.losses_counted else None,
         loss_scale=context.last_result.loss_scale if context.last_result else None,
         grad_norm=context.last_result.grad_norm if context.last_result else None,
+        num_zeros_in_grad=context.last_result.num_zeros_in_grad if context.last_result else None,
+        params_norm=context.last_result.params_norm if context.last_result else None,
         seq_length=seq_length, skipped_iterations=interval.skipped,
         nan_iterations=interval.nonfinite,
         samples_per_second=global_batch / seconds_per_iteration,
@@ -207,6 +217,12 @@ def write_tensorboard(context: "RunContext", *, loss: float, global_batch: int,
         scalars["loss-scale/loss-scale"] = (result.loss_scale, step)
     if result is not None and result.grad_norm is not None:
         scalars["grad-norm/grad-norm"] = (result.grad_norm, step)
+    for name, value in (("num-zeros", result.num_zeros_in_grad if result else None),
+                        ("params-norm", result.params_norm if result else None)):
+        if value is not None:
+            scalars[f"{name}/{name}"] = (value, step)
+            scalars[f"{name}/{name} vs samples"] = (value, state.consumed_train_samples)
+            scalars[f"{name}/{name} vs tokens"] = (value, state.consumed_train_tokens)
     if logging.log_batch_size_to_tensorboard:
         scalars["batch-size/batch-size"] = (global_batch, step)
     if logging.log_timers_to_tensorboard:

@@ -77,6 +77,8 @@ def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = No
                                    reset_position_ids=data.reset_position_ids,
                                    reset_attention_mask=data.reset_attention_mask,
                                    eod_mask_loss=data.eod_mask_loss),
+        log_params_norm=config.logging.log_params_norm,
+        log_num_zeros_in_grad=config.logging.log_num_zeros_in_grad,
         timers=Timers(log_level=config.logging.timing_log_level,
                       log_option=config.logging.timing_log_option,
                       barrier_with_level_1=config.logging.barrier_with_L1_time))

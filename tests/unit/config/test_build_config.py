@@ -264,12 +264,21 @@ IMPLEMENTED = ["--checkpoint-activations", "--recompute-granularity", "--recompu
                "--reset-position-ids", "--reset-attention-mask", "--eod-mask-loss", "--load", "--save",
                "--load-tag", "--no-load-optim", "--no-load-rng", "--finetune", "--no-save-optim", "--no-save-rng",
                "--deepspeed-activation-checkpointing", "--partition-activations", "--checkpoint-in-cpu",
-               "--openai-gelu", "--use-cpu-initialization", "--no-position-embedding"]
+               "--openai-gelu", "--use-cpu-initialization", "--no-position-embedding", "--log-params-norm",
+               "--log-num-zeros-in-grad"]
 
 
 def test_implemented_features_are_not_in_the_unsupported_table():
     table = {entry.flag for entry in UNSUPPORTED_FLAGS}
     assert not table & set(IMPLEMENTED)
+
+
+def test_params_norm_and_zero_count_switches():
+    assert not build().logging.log_params_norm and not build().logging.log_num_zeros_in_grad
+    logging = build(["--log-params-norm", "--log-num-zeros-in-grad"]).logging
+    assert logging.log_params_norm and logging.log_num_zeros_in_grad
+    with pytest.raises(ValueError, match=r"--log-params-norm need ZeRO stage 0, 1 or 2 .* is 3"):
+        build(["--log-params-norm", "--zero-stage", "3", "--no-pipeline-parallel"])
 
 
 def test_namespace_without_explicit_args_uses_parser_defaults(tmp_path):

@@ -80,3 +80,10 @@ def test_iterations_left_stops_at_the_first_condition():
     assert iterations_left(**common, train_tokens=15_500) == 6  # 5.5 iterations of tokens, rounded up
     assert iterations_left(**common, train_tokens=500_000) == 90
     assert iterations_left(**{**common, "iteration": 120}, train_tokens=None) == 0
+
+
+def test_zero_count_and_params_norm_follow_grad_norm_like_upstream():
+    line = format_iteration_line(_report(num_zeros_in_grad=32512, params_norm=123.4567))
+    assert " grad norm: 1.234 | num zeros: 32512.0 | params norm: 123.457 | actual seqlen:" in line
+    without = format_iteration_line(_report())
+    assert "num zeros" not in without and "params norm" not in without
