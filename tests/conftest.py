@@ -1,4 +1,7 @@
-"""Shared pytest fixtures: paths, the optional reference data, and pool shutdown."""
+"""Shared pytest fixtures: paths, the optional reference data, tools as modules, and pool
+shutdown."""
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,17 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "corpus.jsonl").exists():
         pytest.skip(f"reference data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def plot_logs():
+    """tools/plot_logs.py as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("tool_plot_logs",
+                                                  REPO_ROOT / "tools" / "plot_logs.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_sessionfinish(session, exitstatus):

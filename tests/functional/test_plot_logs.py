@@ -1,7 +1,5 @@
 """tools/plot_logs.py on real runs of pretrain_gpt.py: a straight 6-iteration run (log file and
 tensorboard folder) and the same run stopped after 3 iterations and resumed (two log files)."""
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,17 +9,7 @@ from tests.functional.launch import (field_by_iteration, losses_by_iteration, ru
 
 pytestmark = pytest.mark.slow
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
 ITERATIONS = 6
-
-
-@pytest.fixture(scope="module")
-def plot_logs():
-    spec = importlib.util.spec_from_file_location("tool_plot_logs", TOOLS / "plot_logs.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -1,24 +1,10 @@
 """tools/plot_logs.py on hand-written logs: field-by-name parsing (this project's lines and
 upstream's shorter ones), stitching of a resumed run, the summary table and --max-gap."""
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 from megatron.training.log import IterationReport, format_evaluation_line, format_iteration_line
-
-TOOLS = Path(__file__).resolve().parents[3] / "tools"
-
-
-@pytest.fixture(scope="module")
-def plot_logs():
-    spec = importlib.util.spec_from_file_location("tool_plot_logs", TOOLS / "plot_logs.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
