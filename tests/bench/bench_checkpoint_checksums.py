@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from tests import processes  # noqa: E402  (needs the repository on the path)
 from tests.bench.bench_training import VOCAB, write_dataset  # noqa: E402
+from tests.functional.launch import pretrain_command  # noqa: E402
 
 _SAVED = re.compile(r"saved checkpoint \S+ \(iteration \d+\) to \S+ in ([0-9.]+) s "
                     r"\(checksums ([0-9.]+) s\)")
@@ -27,10 +28,7 @@ _LOADED = re.compile(r"loaded checkpoint \S+ from \S+ at iteration \d+ .*?in ([0
 
 
 def _run(flags, ranks: int, threads: int) -> str:
-    script = str(REPO_ROOT / "pretrain_gpt.py")
-    command = ([sys.executable, script] if ranks == 1 else
-               [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                script])
+    command = pretrain_command(num_procs=ranks)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     completed = processes.run(command + flags, env=env, capture_output=True, text=True,
                               timeout=None)

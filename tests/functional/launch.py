@@ -55,23 +55,29 @@ def tiny_gpt_args(data_prefix: str, *, train_iters: int, global_batch_size: int 
     ]
 
 
+def pretrain_command(*, num_procs: int = 1, launcher: str = "torchrun",
+                     script: Path = REPO_ROOT / "pretrain_gpt.py") -> List[str]:
+    """The command that starts `script` on `num_procs` ranks: plain python for one process,
+    else torchrun or the deepspeed launcher on a free port."""
+    script = str(script)
+    if num_procs == 1 and launcher == "torchrun":
+        return [sys.executable, script]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                str(num_procs), "--master_port", str(free_port()), script]
+    if launcher == "deepspeed":
+        return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus",
+                str(num_procs), "--master_port", str(free_port()), script]
+    raise ValueError(f"unknown launcher {launcher}")
+
+
 def run_pretrain(args: Sequence[str], *, num_procs: int = 1, launcher: str = "torchrun",
                  timeout: float = 300, cwd: Path = REPO_ROOT,
                  script: Path = REPO_ROOT / "pretrain_gpt.py") -> str:
     """Run pretrain_gpt.py (plain python for one process, else torchrun or deepspeed) in its
     own process group: a timeout or a failure kills every rank, not only the launcher.
     `script`: a test entry point wrapping pretrain_gpt.py instead (e.g. consumption_entry.py)."""
-    script = str(script)
-    if num_procs == 1 and launcher == "torchrun":
-        command = [sys.executable, script]
-    elif launcher == "torchrun":
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                   str(num_procs), "--master_port", str(free_port()), script]
-    elif launcher == "deepspeed":
-        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus",
-                   str(num_procs), "--master_port", str(free_port()), script]
-    else:
-        raise ValueError(f"unknown launcher {launcher}")
+    command = pretrain_command(num_procs=num_procs, launcher=launcher, script=script)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     try:
         completed = processes.run(command + list(args), cwd=cwd, env=env, capture_output=True,
@@ -92,11 +98,7 @@ _ERROR_LINE = re.compile(r"^pretrain_gpt\.py: error: .*$", re.MULTILINE)
 def run_pretrain_refused(args: Sequence[str], *, num_procs: int = 1,
                          timeout: float = 120) -> Tuple[int, List[str], str]:
     """pretrain_gpt.py expected to stop with an error: (exit code, its error lines, output)."""
-    script = str(REPO_ROOT / "pretrain_gpt.py")
-    command = ([sys.executable, script] if num_procs == 1 else
-               [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_procs),
-                "--master_port", str(free_port()), script])
-    completed = processes.run(command + list(args), cwd=REPO_ROOT, capture_output=True,
+    completed = processes.run(pretrain_command(num_procs=num_procs) + list(args), cwd=REPO_ROOT, capture_output=True,
                               text=True, timeout=timeout,
                               env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
     output = completed.stdout + completed.stderr

@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import pytest
 import torch
 
 from tests import processes
-from tests.functional.launch import (REPO_ROOT, free_port, losses_by_iteration, run_pretrain,
-                                     tiny_gpt_args, validation_results, write_random_dataset)
+from tests.functional.launch import (REPO_ROOT, losses_by_iteration, pretrain_command,
+                                     run_pretrain, run_pretrain_refused, tiny_gpt_args,
+                                     validation_results, write_random_dataset)
 
 pytestmark = pytest.mark.slow
 
@@ -60,14 +60,8 @@ def _weights(tag_dir: Path) -> dict:
 
 def _run_failing(args, *, num_procs=1):
     """Run pretrain_gpt.py expecting a non-zero exit; returns (exit code, output)."""
-    script = str(REPO_ROOT / "pretrain_gpt.py")
-    command = ([sys.executable, script] if num_procs == 1 else
-               [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_procs),
-                "--master_port", str(free_port()), script])
-    completed = processes.run(command + list(args), cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert completed.returncode != 0, completed.stdout[-3000:]
-    return completed.returncode, completed.stdout + completed.stderr
+    code, _, output = run_pretrain_refused(args, num_procs=num_procs, timeout=300)
+    return code, output
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -207,10 +201,7 @@ def test_resaving_the_loaded_step_leaves_it_untouched(dataset, saved_run, tmp_pa
 
 
 def _start(args, *, num_procs=1, env=None, script=str(REPO_ROOT / "pretrain_gpt.py")):
-    command = ([sys.executable, script] if num_procs == 1 else
-               [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_procs),
-                "--master_port", str(free_port()), script])
-    return processes.start(command + list(args), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+    return processes.start(pretrain_command(num_procs=num_procs, script=script) + list(args), cwd=REPO_ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True,
                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                                     **(env or {})))
