@@ -40,6 +40,27 @@ from megatron.core.utils import print_rank_0
 CHECKPOINT_VERSION = 3.0
 
 
+def resolve_load_tag(load_dir: str, load_tag: Optional[str]) -> Optional[str]:
+    """The tag to load: `load_tag` (--load-tag), else `latest`, else `global_stepN` from the
+    iteration tracker; checked to name a folder inside `load_dir`. None: nothing to load."""
+    if load_tag is not None:
+        check_tag(load_dir, load_tag, source="--load-tag", from_file=False)
+        return load_tag
+    tag = read_latest_tag(load_dir)
+    source = f"{load_dir}/{LATEST_FILE}"
+    if tag is None:
+        tracker = os.path.join(load_dir, TRACKER_FILE)
+        if not os.path.isfile(tracker):
+            return None
+        with open(tracker) as handle:
+            iteration = handle.read().strip()
+        if not iteration.isdigit():
+            return None
+        tag, source = tag_of_iteration(int(iteration)), f"{load_dir}/{TRACKER_FILE}"
+    check_tag(load_dir, tag, source=source, from_file=True)
+    return tag
+
+
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -209,23 +230,7 @@ class Checkpointer:
     # -- loading ----------------------------------------------------------------------------
 
     def _resolve_tag(self, load_dir: str) -> Optional[str]:
-        """The tag to load, checked to name a folder inside `load_dir` (None: nothing to load)."""
-        if self.config.load_tag is not None:
-            check_tag(load_dir, self.config.load_tag, source="--load-tag", from_file=False)
-            return self.config.load_tag
-        tag = read_latest_tag(load_dir)
-        source = f"{load_dir}/{LATEST_FILE}"
-        if tag is None:
-            tracker = os.path.join(load_dir, TRACKER_FILE)
-            if not os.path.isfile(tracker):
-                return None
-            with open(tracker) as handle:
-                iteration = handle.read().strip()
-            if not iteration.isdigit():
-                return None
-            tag, source = tag_of_iteration(int(iteration)), f"{load_dir}/{TRACKER_FILE}"
-        check_tag(load_dir, tag, source=source, from_file=True)
-        return tag
+        return resolve_load_tag(load_dir, self.config.load_tag)
 
     def _check_complete(self, load_dir: str, tag: str) -> None:
         tag_dir = os.path.join(load_dir, tag)

@@ -25,6 +25,7 @@ from typing import Dict, Optional
 import pytest
 import torch
 
+from megatron.conversion.checkpoint_reader import open_checkpoint
 from tests.functional.launch import (field_by_iteration, losses_by_iteration, run_pretrain,
                                      tiny_gpt_args, write_random_dataset)
 
@@ -183,6 +184,11 @@ def test_layout_matches_single_process(layout, dataset, reference, tmp_path):
             f"{layout}: iteration {iteration}: grad norm {norms.get(iteration)} "
             f"vs 1-process {expected}")
     assert_same_weights(weights, ref_weights, layout)
+    # The project's reader (used by generation and conversion) merges the same tensors.
+    read = open_checkpoint(str(tmp_path / "save")).state_dict()
+    assert sorted(read) == sorted(weights)
+    for name, tensor in weights.items():
+        assert torch.equal(read[name], tensor), f"{layout}: reader's {name} differs"
 
 
 # One SGD step (no momentum, weight decay or clipping, constant lr): the update is exactly

@@ -24,8 +24,9 @@ ALLOWED = {
     "config": {"arguments", "core", "model"},
     "initialize": {"core"},
     "checkpointing": {"core"},
-    "inference": {"core", "model", "tokenizer", "config", "checkpointing", "initialize",
-                  "fused_kernels"},
+    "conversion": {"core", "model", "checkpointing", "tokenizer"},
+    "inference": {"core", "model", "tokenizer", "config", "checkpointing", "conversion",
+                  "initialize", "fused_kernels"},
     "training": {"core", "model", "data", "tokenizer", "fused_kernels", "config", "arguments",
                  "checkpointing", "initialize"},
 }
