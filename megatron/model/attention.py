@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from megatron.core import tensor_parallel
 from megatron.model import recompute
 from megatron.model.fused_softmax import AttnMaskType, FusedScaleMaskSoftmax
+from megatron.model.kv_cache import KVCache
 from megatron.model.rotary_pos_embedding import apply_rotary_pos_emb
 from megatron.model.transformer_config import TransformerConfig
 from megatron.model.utils import attention_mask_func
@@ -91,14 +92,14 @@ class CoreAttention(torch.nn.Module):
     def _sdpa(self, query, key, value, attention_mask):
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, np, s, hn]
         causal = self.attn_mask_type == AttnMaskType.causal
-        mask = None
-        if attention_mask is not None:
-            mask = ~attention_mask  # SDPA: True = attend
-            if causal:
-                sq, sk = q.shape[2], k.shape[2]
-                allowed = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
-                mask = mask & allowed
-                causal = False
+        sq, sk = q.shape[2], k.shape[2]
+        mask = None if attention_mask is None else ~attention_mask  # SDPA: True = attend
+        if causal and (mask is not None or sq != sk):
+            # SDPA's is_causal aligns the triangle to the FIRST key when sq != sk (new tokens
+            # against a key/value cache); the queries are the LAST sq positions.
+            allowed = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
+            mask = allowed if mask is None else mask & allowed
+            causal = False
         p = self.config.attention_dropout if self.training else 0.0
         rng = self._dropout_rng() if p > 0.0 else nullcontext()
         with rng:
@@ -152,14 +153,21 @@ class ParallelAttention(torch.nn.Module):
         return query, key, value
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                rotary_pos_emb: Optional[torch.Tensor] = None
+                rotary_pos_emb: Optional[torch.Tensor] = None,
+                kv_cache: Optional[KVCache] = None
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """hidden [s(/TP with sequence parallel), b, h] -> (output, bias to add later)."""
+        """hidden [s(/TP with sequence parallel), b, h] -> (output, bias to add later).
+
+        With `kv_cache` (generation) `hidden_states` are the new tokens only: their keys and
+        values join the cached ones and the queries attend to all of them (causally, aligned
+        to the last key)."""
         mixed, _ = self.query_key_value(hidden_states)
         query, key, value = self.split_qkv(mixed)
         if rotary_pos_emb is not None:
             query = apply_rotary_pos_emb(query, rotary_pos_emb)
             key = apply_rotary_pos_emb(key, rotary_pos_emb)
+        if kv_cache is not None:
+            key, value = kv_cache.extend(self.layer_number - 1, key, value)
         if self.queries_per_group > 1:
             # query head i reads key/value head i // queries_per_group
             key = key.repeat_interleave(self.queries_per_group, dim=2)

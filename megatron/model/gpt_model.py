@@ -6,6 +6,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from megatron.core import parallel_state
+from megatron.model.kv_cache import KVCache
 from megatron.model.language_model import TransformerLanguageModel, parallel_lm_logits
 from megatron.model.loss import per_token_loss
 from megatron.model.transformer_config import TransformerConfig
@@ -74,9 +75,11 @@ class GPTModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor],
                 attention_mask: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+                labels: Optional[torch.Tensor] = None,
+                kv_cache: Optional[KVCache] = None) -> torch.Tensor:
         """input_ids, position_ids [b, s]; attention_mask [b, 1, s, s] bool with True =
-        masked, or None for plain causal attention.
+        masked, or None for plain causal attention. `kv_cache` (generation): the tokens
+        continue those already cached, whose keys and values are reused.
 
         Returns the fp32 per-token loss [b, s] when `labels` are given, else the logits
         [b, s, V/TP] (or [b, s, V] without parallel_output).
@@ -84,7 +87,7 @@ class GPTModel(torch.nn.Module):
         if attention_mask is not None and attention_mask.dtype != torch.bool:
             raise ValueError(f"attention_mask must be a bool tensor (True = masked), "
                              f"got {attention_mask.dtype}")
-        hidden = self.language_model(input_ids, position_ids, attention_mask)
+        hidden = self.language_model(input_ids, position_ids, attention_mask, kv_cache)
         logits = parallel_lm_logits(
             hidden, self.shared_embedding_or_output_weight(),
             self.parallel_output if labels is None else True,

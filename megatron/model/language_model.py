@@ -9,6 +9,7 @@ import torch
 from megatron.core import tensor_parallel
 from megatron.core.tensor_parallel.initialization import layout_independent_init
 from megatron.core.tensor_parallel.layers import linear_with_grad_accumulation_and_async_allreduce
+from megatron.model.kv_cache import KVCache
 from megatron.model.rotary_pos_embedding import build_rotary_embedding
 from megatron.model.transformer import ParallelTransformer
 from megatron.model.transformer_config import TransformerConfig
@@ -102,10 +103,15 @@ class TransformerLanguageModel(torch.nn.Module):
                 init_key="output_layer")
 
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor],
-                attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """-> final-normed hidden states [s(/TP), b, h]."""
+                attention_mask: Optional[torch.Tensor],
+                kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+        """-> final-normed hidden states [s(/TP), b, h]. With `kv_cache` the tokens continue
+        the cached ones: rotary angles start at the cached length (learned positions come
+        from `position_ids`)."""
         hidden = self.embedding(input_ids, position_ids)
         rotary = None
         if self.rotary_pos_emb is not None:
-            rotary = self.rotary_pos_emb(input_ids.shape[1], device=input_ids.device)
-        return self.encoder(hidden, attention_mask, rotary)
+            offset = 0 if kv_cache is None else kv_cache.length
+            rotary = self.rotary_pos_emb(input_ids.shape[1], offset=offset,
+                                         device=input_ids.device)
+        return self.encoder(hidden, attention_mask, rotary, kv_cache)

@@ -17,6 +17,7 @@ from megatron.model import recompute
 from megatron.model.attention import ParallelAttention
 from megatron.model.fused_layer_norm import build_norm
 from megatron.model.fused_softmax import AttnMaskType
+from megatron.model.kv_cache import KVCache
 from megatron.model.mlp import ParallelMLP
 from megatron.model.transformer_config import TransformerConfig
 
@@ -62,11 +63,12 @@ class ParallelTransformerLayer(torch.nn.Module):
         return out.to(self.config.params_dtype) if self.config.fp32_residual_connection else out
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                rotary_pos_emb: Optional[torch.Tensor] = None) -> torch.Tensor:
+                rotary_pos_emb: Optional[torch.Tensor] = None,
+                kv_cache: Optional[KVCache] = None) -> torch.Tensor:
         cfg = self.config
         normed = self._norm(self.input_layernorm, hidden_states)
         attention_output, attention_bias = self.self_attention(normed, attention_mask,
-                                                               rotary_pos_emb)
+                                                               rotary_pos_emb, kv_cache)
         residual = normed if cfg.apply_residual_connection_post_layernorm else hidden_states
         hidden = bias_dropout_add(attention_output, attention_bias, residual,
                                   cfg.hidden_dropout, self.training)
@@ -114,7 +116,15 @@ class ParallelTransformer(torch.nn.Module):
         return run
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                rotary_pos_emb: Optional[torch.Tensor] = None) -> torch.Tensor:
+                rotary_pos_emb: Optional[torch.Tensor] = None,
+                kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+        """With `kv_cache` (generation, no backward) the layers run one after the other and
+        the cache advances past the new tokens."""
+        if kv_cache is not None:
+            for layer in self.layers:
+                hidden_states = layer(hidden_states, attention_mask, rotary_pos_emb, kv_cache)
+            kv_cache.advance(hidden_states.shape[0])
+            return self.final_layernorm(hidden_states)
         with sequence_parallel_rng(self.config):
             hidden_states = self._checkpointed_forward(hidden_states, attention_mask,
                                                        rotary_pos_emb)
