@@ -96,3 +96,13 @@ def setup_generation(args: argparse.Namespace) -> GenerationSetup:
     model = build_inference_model(config, checkpoint)
     return GenerationSetup(args=args, checkpoint=checkpoint, config=config, tokenizer=tokenizer,
                            model=model)
+
+
+def finish_generation() -> None:
+    """Leave together: a rank that exits while another still tears down its connections can
+    make gloo abort the other one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
