@@ -9,7 +9,9 @@
 #      single GPU: 1 rank) for the first half of the iterations, saving a checkpoint,
 #   5. relaunches the same command, which resumes from the checkpoint, finishes training
 #      and evaluates on the validation and test splits,
-#   6. plots the run (both parts stitched) with tools/plot_logs.py.
+#   6. plots the run (both parts stitched) with tools/plot_logs.py,
+#   7. continues the first words of a few corpus documents with the trained model
+#      (tools/generate_samples_gpt.py, reading the pipeline checkpoint whole).
 #
 # Environment knobs: DEMO_TRAIN_ITERS (default 200), DEMO_DIR (default ./demo_output).
 set -euo pipefail
@@ -38,11 +40,11 @@ else
 fi
 PP=$RANKS
 
-echo "== 1/5 building the demo corpus and tokenizer in $DATA_DIR"
+echo "== 1/6 building the demo corpus and tokenizer in $DATA_DIR"
 if [ ! -f "$DATA_DIR/demo_text_document.idx" ]; then
     "$PYTHON" tools/build_demo_corpus.py --output "$DATA_DIR/corpus.jsonl" --max-mb 4 \
         --sentencepiece-prefix "$DATA_DIR/spm" --vocab-size 8192
-    echo "== 2/5 preprocessing"
+    echo "== 2/6 preprocessing"
     "$PYTHON" tools/preprocess_data.py --input "$DATA_DIR/corpus.jsonl" \
         --output-prefix "$DATA_DIR/demo" --tokenizer-type GPTSentencePieceTokenizer \
         --tokenizer-model "$DATA_DIR/spm.model" --append-eod --workers 2
@@ -80,17 +82,35 @@ ARGS=(
     $PRECISION
 )
 
-echo "== 3/5 training iterations 1-$HALF on $RANKS rank(s), then stopping (--exit-interval $HALF)"
+echo "== 3/6 training iterations 1-$HALF on $RANKS rank(s), then stopping (--exit-interval $HALF)"
 deepspeed --num_gpus "$RANKS" --master_port "${MASTER_PORT:-29517}" pretrain_gpt.py "${ARGS[@]}" \
-    --exit-interval "$HALF" 2>&1 | grep -v "^\[20.*\] \[INFO\]" | tee "$LOG_DIR/part1.log"
+    --exit-interval "$HALF" 2>&1 | grep --line-buffered -v "^\[20.*\] \[INFO\]" | tee "$LOG_DIR/part1.log"
 
-echo "== 4/5 relaunching: resumes from $CHECKPOINT_DIR and trains to iteration $TRAIN_ITERS"
+echo "== 4/6 relaunching: resumes from $CHECKPOINT_DIR and trains to iteration $TRAIN_ITERS"
 deepspeed --num_gpus "$RANKS" --master_port "${MASTER_PORT:-29517}" pretrain_gpt.py "${ARGS[@]}" \
-    2>&1 | grep -v "^\[20.*\] \[INFO\]" | tee "$LOG_DIR/part2.log"
+    2>&1 | grep --line-buffered -v "^\[20.*\] \[INFO\]" | tee "$LOG_DIR/part2.log"
 
-echo "== 5/5 plotting the run into $DEMO_DIR/plots"
+echo "== 5/6 plotting the run into $DEMO_DIR/plots"
 "$PYTHON" tools/plot_logs.py --run "demo=$LOG_DIR/part1.log,$LOG_DIR/part2.log" \
     --output "$DEMO_DIR/plots"
+
+echo "== 6/6 continuing the first words of three corpus documents"
+"$PYTHON" - "$DATA_DIR/corpus.jsonl" "$DEMO_DIR/prompts.txt" <<'PROMPTS'
+import json
+import sys
+
+with open(sys.argv[1]) as corpus:
+    documents = [json.loads(line)["text"] for line in corpus]
+step = max(1, len(documents) // 3)
+prompts = [" ".join(document.split()[:8]) for document in documents[::step][:3]]
+with open(sys.argv[2], "w") as out:
+    out.write("\n".join(prompts) + "\n")
+PROMPTS
+"$PYTHON" tools/generate_samples_gpt.py --load "$CHECKPOINT_DIR" --use-checkpoint-args \
+    --sample-input-file "$DEMO_DIR/prompts.txt" --sample-output-file "$DEMO_DIR/samples.txt" \
+    --overwrite-output --out-seq-length 40 --top_k 10 --temperature 0.8 --micro-batch-size 3 \
+    $PRECISION 2>&1 | grep --line-buffered -v "^\[20.*\] \[\(INFO\|WARNING\)\]"
+cat "$DEMO_DIR/samples.txt"
 
 echo
 echo "Demo finished."
@@ -98,3 +118,4 @@ echo "  checkpoints : $CHECKPOINT_DIR (latest: $(cat "$CHECKPOINT_DIR/latest" 2>
 echo "  logs        : $LOG_DIR/part1.log, $LOG_DIR/part2.log"
 echo "  tensorboard : tensorboard --logdir $TENSORBOARD_DIR"
 echo "  plots       : $DEMO_DIR/plots/train_loss_vs_iteration.png (and the others there)"
+echo "  samples     : $DEMO_DIR/samples.txt"

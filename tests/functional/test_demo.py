@@ -28,3 +28,6 @@ def test_demo_trains_saves_resumes_and_evaluates(tmp_path):
     assert list((tmp_path / "demo/tensorboard").glob("events.out.tfevents.*"))
     plot = tmp_path / "demo/plots/train_loss_vs_iteration.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(plot) in output
+    samples = (tmp_path / "demo/samples.txt").read_text()
+    assert samples.count("\nContext:") == 3 and samples.count("\nMegatron-LM:") == 3
+    assert samples in output
