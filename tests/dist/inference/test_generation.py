@@ -59,9 +59,10 @@ class _InMemoryCheckpoint:
 
 
 def generate_on_ranks(state, variant, tp, *, use_cache=True, sampling=None, seed=None,
-                      stop_tokens=(), tokens_to_generate=8, prompts=PROMPTS):
+                      stop_tokens=(), tokens_to_generate=8, prompts=PROMPTS,
+                      params_dtype=torch.float32):
     setup_parallel(tp)
-    config = make_config(variant, tp=tp, perform_initialization=False)
+    config = make_config(variant, tp=tp, perform_initialization=False, params_dtype=params_dtype)
     model = build_inference_model(config, _InMemoryCheckpoint(state))
     results = generate(model, prompts, tokens_to_generate=tokens_to_generate,
                        vocab_size=VOCAB, max_length=SEQ, return_logprobs=True,
@@ -137,3 +138,13 @@ def test_stop_token_ends_a_row_without_it():
     assert first == [5, 6, 7, 8, 9] and finished_first
     assert second == [40, 41, 42, 43, 44, 45] and finished_second  # 46 comes first
     assert third == [60, 61, 62, 63, 0, 1, 2, 3, 4] and not finished_third
+
+
+@pytest.mark.parametrize("variant", ["default", "llama"])
+def test_bf16_greedy_tokens_equal_fp32(variant):
+    """bf16 weights and activations (7 mantissa bits) still pick the peaked model's tokens."""
+    state = trained(variant)
+    fp32 = run_on_ranks(generate_on_ranks, state, variant, 1, world_size=1)[0]
+    bf16 = run_on_ranks(generate_on_ranks, state, variant, 2, params_dtype=torch.bfloat16,
+                        world_size=2)[0]
+    assert [row[0] for row in bf16] == [row[0] for row in fp32]
