@@ -231,6 +231,12 @@ class LoggingConfig:
     """--log-params-norm: log the L2 norm of all parameters (a pass over them per iteration)."""
     log_num_zeros_in_grad: bool = False
     """--log-num-zeros-in-grad: log the number of zero gradient entries before each step."""
+    profile: Optional[str] = None
+    """--profile: "pt" (torch.profiler) or "pt-full" (with call stacks); None: off."""
+    profile_steps: Tuple[int, int] = (2, 3)
+    """--profile_steps <start>,<end>: the profiled steps, counted from 1 in this process."""
+    profile_ranks: Optional[Tuple[int, ...]] = None
+    """--profile-ranks: the global ranks that profile; None: all."""
 
 
 @dataclass(frozen=True)

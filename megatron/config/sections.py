@@ -216,11 +216,25 @@ _TENSORBOARD_SWITCHES = (
     ("log_world_size_to_tensorboard", "--log-world-size-to-tensorboard"))
 
 
+def _profile_steps(args: argparse.Namespace) -> Tuple[int, int]:
+    try:
+        start, end = (int(part) for part in str(args.profile_steps).split(","))
+    except ValueError:
+        raise ValueError(f"--profile_steps must be <start>,<end> (e.g. 2,3), got "
+                         f"{args.profile_steps!r}") from None
+    if not 1 <= start <= end:
+        raise ValueError(f"--profile_steps {args.profile_steps}: need 1 <= start <= end")
+    return start, end
+
+
 def build_logging_config(args: argparse.Namespace) -> LoggingConfig:
     """Logging settings; tensorboard switches without --tensorboard-dir are an error, not a no-op."""
     _positive(args.log_interval, "--log-interval")
     _positive(args.peak_tflops_per_device, "--peak-tflops-per-device")
     _positive(args.tensorboard_log_interval, "--tensorboard-log-interval")
+    if args.profile is not None and args.tensorboard_dir is None:
+        raise ValueError(f"--profile {args.profile} writes its traces into --tensorboard-dir; "
+                         "give --tensorboard-dir")
     if args.tensorboard_dir is None:
         given = [flag for dest, flag in _TENSORBOARD_SWITCHES if getattr(args, dest)]
         if given:
@@ -234,6 +248,8 @@ def build_logging_config(args: argparse.Namespace) -> LoggingConfig:
         log_loss_scale_to_tensorboard=args.log_loss_scale_to_tensorboard,
         peak_tflops_per_device=args.peak_tflops_per_device,
         log_params_norm=args.log_params_norm, log_num_zeros_in_grad=args.log_num_zeros_in_grad,
+        profile=args.profile, profile_steps=_profile_steps(args),
+        profile_ranks=tuple(args.profile_ranks) if args.profile_ranks is not None else None,
         **{dest: getattr(args, dest) for dest, _ in _TENSORBOARD_SWITCHES})
 
 

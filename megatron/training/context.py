@@ -30,6 +30,8 @@ class RunContext:
     """The run's `megatron.checkpointing.Checkpointer` (saves only with --save)."""
     stop_reason: Optional[str] = None
     """Why a hook stopped the run early (an exit condition), or None."""
+    profiler: Optional["object"] = None
+    """The run's `megatron.training.profiler.StepProfiler` (--profile), or None."""
 
     def current_global_batch_size(self) -> int:
         """The global batch of the next iteration (grows with --rampup-batch-size)."""

@@ -22,15 +22,27 @@ def _training_done(context: RunContext) -> bool:
 
 def train(context: RunContext) -> None:
     """Run iterations until a stop condition; evaluate every --eval-interval."""
+    try:
+        _train_iterations(context, LogInterval())
+    finally:
+        if context.profiler is not None:
+            context.profiler.close()
+
+
+def _train_iterations(context: RunContext, interval: LogInterval) -> None:
     config, state = context.config, context.state
-    interval = LogInterval()
+    profiler = context.profiler
     while not _training_done(context):
         if context.batch_sizes is not None:
             context.batch_sizes.update(state.consumed_train_samples)
             context.engine.set_global_batch_size(context.current_global_batch_size())
         global_batch = context.current_global_batch_size()
         iteration_start = time.monotonic()
+        if profiler is not None:
+            profiler.step_begin()
         result = context.engine.train_step(context.iterators.train)
+        if profiler is not None:
+            profiler.step_end()
         context.last_result = result
         state.iteration += 1
         state.consumed_train_samples += global_batch

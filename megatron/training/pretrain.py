@@ -103,6 +103,12 @@ def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = No
                          iterators=iterators,
                          writer=writer,
                          checkpointer=checkpointer, batch_sizes=_batch_sizes(config))
+    if config.logging.profile is not None:
+        import torch.distributed as dist
+        from megatron.training.profiler import StepProfiler
+
+        context.profiler = StepProfiler(config.logging, rank=dist.get_rank(),
+                                        device_name=_device_type())
     context.on_iteration_end.append(
         _save_and_exit_hook(checkpointer, _exit_conditions(config, start_time), config))
     return context

@@ -1,5 +1,8 @@
 """Tensorboard switches through the real program: each writes its scalars at
---tensorboard-log-interval, and the off-switches leave theirs out."""
+--tensorboard-log-interval, and the off-switches leave theirs out; --profile writes a
+torch.profiler trace of the chosen steps for the chosen rank into the same folder."""
+import gzip
+import json
 import math
 
 import pytest
@@ -25,7 +28,15 @@ def test_tensorboard_switches(tmp_path):
         "--tensorboard-log-interval", "2", "--log-optimizer-states-to-tensorboard",
         "--log-memory-to-tensorboard", "--log-world-size-to-tensorboard",
         "--log-batch-size-to-tensorboard", "--log-timers-to-tensorboard",
-        "--no-log-learnig-rate-to-tensorboard"]), num_procs=2)
+        "--no-log-learnig-rate-to-tensorboard", "--profile", "pt", "--profile_steps", "2,3",
+        "--profile-ranks", "1"]), num_procs=2)
+    traces = sorted(path.name for path in (tmp_path / "tb").glob("*.pt.trace.json.gz"))
+    assert len(traces) == 1 and traces[0].startswith("rank1."), traces
+    with gzip.open(tmp_path / "tb" / traces[0]) as handle:
+        events = json.load(handle)["traceEvents"]
+    steps = {event["name"] for event in events if event.get("name", "").startswith("ProfilerStep")}
+    assert len(steps) == 2, steps  # steps 2 and 3
+    assert any("aten::" in event.get("name", "") for event in events)
     scalars = _scalars(tmp_path / "tb")
     assert [step for step, _ in scalars["lm-loss-training/lm loss"]] == [2, 4]
     assert scalars["world-size/world-size"] == [(2, 2.0), (4, 2.0)]

@@ -289,3 +289,16 @@ def test_namespace_without_explicit_args_uses_parser_defaults(tmp_path):
     args.deepspeed_config = str(path)
     config = build_config(args, world_size=1, accelerator_name="cpu")
     assert config.optimizer.clip_grad == 0.5 and config.parallel.zero_stage == 0
+
+
+def test_profile_flags():
+    config = build(["--profile", "pt-full", "--profile_steps", "3,5", "--profile-ranks", "0", "2",
+                    "--tensorboard-dir", "tb"])
+    assert (config.logging.profile, config.logging.profile_steps,
+            config.logging.profile_ranks) == ("pt-full", (3, 5), (0, 2))
+    assert build().logging.profile is None
+    with pytest.raises(ValueError, match="--profile pt writes its traces into --tensorboard-dir"):
+        build(["--profile", "pt"])
+    for steps in ("3", "a,b", "4,2", "0,1"):
+        with pytest.raises(ValueError, match="--profile_steps"):
+            build(["--profile", "pt", "--profile_steps", steps, "--tensorboard-dir", "tb"])
