@@ -6,7 +6,8 @@ executes no code: weights-only unpickling with an allow-list), `checkpointer` (s
 through the DeepSpeed engine).
 """
 from megatron.checkpointing.checkpointer import (CHECKPOINT_VERSION, CheckpointError, Checkpointer,
-                                                 LoadResult, resolve_load_tag)
+                                                 LoadResult, commit_checkpoint,
+                                                 resolve_load_tag)
 from megatron.checkpointing.fingerprint import ModelFingerprint, fingerprint_from_upstream_args
 from megatron.checkpointing.hooks import SaveHooks
 from megatron.checkpointing.layout import (LATEST_FILE, MANIFEST_FILE, STAGING_SUFFIX, TRACKER_FILE,
@@ -17,7 +18,7 @@ from megatron.checkpointing.rng import capture_rng_states, restore_rng_states
 from megatron.checkpointing.safe_load import allowed_globals, load_file, unsafe_content
 
 __all__ = [
-    "CHECKPOINT_VERSION", "CheckpointError", "Checkpointer", "LoadResult", "resolve_load_tag", "ModelFingerprint",
+    "CHECKPOINT_VERSION", "CheckpointError", "Checkpointer", "LoadResult", "commit_checkpoint", "resolve_load_tag", "ModelFingerprint",
     "fingerprint_from_upstream_args", "SaveHooks", "LATEST_FILE", "MANIFEST_FILE",
     "STAGING_SUFFIX", "TRACKER_FILE", "atomic_write_text", "missing_files",
     "newest_complete_tag", "read_latest_tag", "read_manifest", "rng_file_name",

@@ -97,6 +97,39 @@ class LoadResult:
     rng_states: Optional[Dict[str, Any]] = None
 
 
+def commit_checkpoint(save_dir: str, tag: str, staging_dir: str, *, iteration: int,
+                      checksums: Dict[str, str], world_size: int,
+                      fingerprint: ModelFingerprint, has_optimizer_states: bool,
+                      has_rng_states: bool, save_hooks: Optional[SaveHooks] = None) -> None:
+    """Make the complete folder `staging_dir` the checkpoint `save_dir/tag`: write its
+    manifest, rename it into place (an older folder of that tag is kept aside until then),
+    then replace `latest` and the iteration tracker. One process calls it, after every file
+    of the folder is written; a crash at any point leaves the previous checkpoint usable."""
+    hooks = save_hooks or SaveHooks()
+    files = {name: os.path.getsize(os.path.join(staging_dir, name))
+             for name in _relative_files(staging_dir)}
+    manifest = {"tag": tag, "iteration": iteration, "world_size": world_size,
+                "model": asdict(fingerprint), "files": files, "checksums": checksums,
+                "has_optimizer_states": has_optimizer_states, "has_rng_states": has_rng_states}
+    hooks.before_commit(iteration=iteration, tag=tag, staging_dir=staging_dir)
+    atomic_write_text(os.path.join(staging_dir, MANIFEST_FILE), json.dumps(manifest, indent=1))
+    final_dir = os.path.join(save_dir, tag)
+    replaced_dir = final_dir + REPLACED_SUFFIX
+    if os.path.exists(final_dir):
+        # Another run saved this iteration before: keep it until the new one is in place.
+        if os.path.exists(replaced_dir):
+            shutil.rmtree(replaced_dir)
+        os.rename(final_dir, replaced_dir)
+    os.rename(staging_dir, final_dir)
+    fsync_directory(save_dir)
+    hooks.after_rename(iteration=iteration, tag=tag, final_dir=final_dir)
+    atomic_write_text(os.path.join(save_dir, LATEST_FILE), tag)
+    hooks.between_trackers(iteration=iteration, tag=tag)
+    atomic_write_text(os.path.join(save_dir, TRACKER_FILE), str(iteration))
+    if os.path.exists(replaced_dir):
+        shutil.rmtree(replaced_dir)
+
+
 class Checkpointer:
     """Saves and loads the run: DeepSpeed engine state plus this project's client state.
 
@@ -203,29 +236,11 @@ class Checkpointer:
     def _commit(self, save_dir: str, tag: str, staging_dir: str, iteration: int,
                 checksums: Dict[str, str]) -> None:
         """Rank 0, after every rank wrote: manifest, rename into place, then the trackers."""
-        files = {name: os.path.getsize(os.path.join(staging_dir, name))
-                 for name in _relative_files(staging_dir)}
-        manifest = {"tag": tag, "iteration": iteration, "world_size": _world_size(),
-                    "model": asdict(self.fingerprint), "files": files, "checksums": checksums,
-                    "has_optimizer_states": not self.config.no_save_optim,
-                    "has_rng_states": not self.config.no_save_rng}
-        self.save_hooks.before_commit(iteration=iteration, tag=tag, staging_dir=staging_dir)
-        atomic_write_text(os.path.join(staging_dir, MANIFEST_FILE), json.dumps(manifest, indent=1))
-        final_dir = os.path.join(save_dir, tag)
-        replaced_dir = final_dir + REPLACED_SUFFIX
-        if os.path.exists(final_dir):
-            # Another run saved this iteration before: keep it until the new one is in place.
-            if os.path.exists(replaced_dir):
-                shutil.rmtree(replaced_dir)
-            os.rename(final_dir, replaced_dir)
-        os.rename(staging_dir, final_dir)
-        fsync_directory(save_dir)
-        self.save_hooks.after_rename(iteration=iteration, tag=tag, final_dir=final_dir)
-        atomic_write_text(os.path.join(save_dir, LATEST_FILE), tag)
-        self.save_hooks.between_trackers(iteration=iteration, tag=tag)
-        atomic_write_text(os.path.join(save_dir, TRACKER_FILE), str(iteration))
-        if os.path.exists(replaced_dir):
-            shutil.rmtree(replaced_dir)
+        commit_checkpoint(save_dir, tag, staging_dir, iteration=iteration, checksums=checksums,
+                          world_size=_world_size(), fingerprint=self.fingerprint,
+                          has_optimizer_states=not self.config.no_save_optim,
+                          has_rng_states=not self.config.no_save_rng,
+                          save_hooks=self.save_hooks)
 
     # -- loading ----------------------------------------------------------------------------
 

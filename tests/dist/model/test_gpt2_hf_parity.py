@@ -8,10 +8,10 @@ import pytest
 import torch
 import transformers
 
+from megatron.conversion.hf_mapping import import_tensors, shape_from_hf_config
 from megatron.model.gpt_model import GPTModel
 from tests.dist.model.model_utils import load_full_state_dict, setup_parallel
 from tests.harness import run_on_ranks
-from tools.convert_hf_gpt2 import convert_hf_gpt2_state_dict
 
 N_LAYER, N_EMBD, N_HEAD, N_POS, VOCAB, PADDED_VOCAB = 2, 64, 4, 32, 100, 128
 
@@ -30,6 +30,12 @@ def _hf_model(activation: str):
             else:
                 param.normal_(0.0, 0.15)
     return model
+
+
+def convert_hf_gpt2_state_dict(hf_state, config, *, padded_vocab_size):
+    """HF GPT-2 tensors -> GPTModel's full state dict (megatron.conversion.hf_mapping)."""
+    shape = shape_from_hf_config(config.to_dict())
+    return dict(import_tensors(shape, hf_state.__getitem__, padded_vocab_size=padded_vocab_size))
 
 
 def gpt_logits(full_state, tokens, tp, openai_gelu):
@@ -55,7 +61,7 @@ def test_logits_match_hf_gpt2(activation, openai_gelu, tp):
     tokens = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = hf(tokens).logits
-    state = convert_hf_gpt2_state_dict(hf.state_dict(), num_attention_heads=N_HEAD,
+    state = convert_hf_gpt2_state_dict(hf.state_dict(), hf.config,
                                        padded_vocab_size=PADDED_VOCAB)
     logits = run_on_ranks(gpt_logits, state, tokens, tp, openai_gelu, world_size=tp)[0]
     assert logits.shape == (2, 24, PADDED_VOCAB)
@@ -72,7 +78,7 @@ def test_wrong_activation_is_detected():
     tokens = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = hf(tokens).logits
-    state = convert_hf_gpt2_state_dict(hf.state_dict(), num_attention_heads=N_HEAD,
+    state = convert_hf_gpt2_state_dict(hf.state_dict(), hf.config,
                                        padded_vocab_size=PADDED_VOCAB)
     logits = run_on_ranks(gpt_logits, state, tokens, 1, False, world_size=1)[0]
     assert (logits[..., :VOCAB] - expected).abs().max() > 1e-5 * expected.abs().max()
@@ -80,6 +86,5 @@ def test_wrong_activation_is_detected():
 
 def test_converter_rejects_small_padding():
     hf = _hf_model("gelu")
-    with pytest.raises(ValueError, match="padded_vocab_size"):
-        convert_hf_gpt2_state_dict(hf.state_dict(), num_attention_heads=N_HEAD,
-                                   padded_vocab_size=VOCAB - 1)
+    with pytest.raises(ValueError, match="larger than the padded vocabulary"):
+        convert_hf_gpt2_state_dict(hf.state_dict(), hf.config, padded_vocab_size=VOCAB - 1)
