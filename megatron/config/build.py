@@ -144,10 +144,16 @@ def build_config(args: argparse.Namespace, *, world_size: int, accelerator_name:
     batch = BatchConfig(micro_batch_size=merged.micro_batch_size, global_batch_size=merged.global_batch_size,
                         data_parallel_size=dp, gradient_accumulation_steps=merged.gradient_accumulation_steps,
                         rampup_batch_size=rampup)
+    logging = build_logging_config(args)
+    if logging.wandb and (json_config.get("wandb") or {}).get("enabled"):
+        raise ValueError(f"--wandb-project/--wandb-exp-name and the \"wandb\" section of {flag} "
+                         f"{config_path} would both start Weights & Biases runs; use one (the "
+                         "flags send upstream's scalars from the last rank, DeepSpeed's section "
+                         "its own Train/Samples scalars from rank 0)")
     return TrainingConfig(
         model=model, parallel=parallel, batch=batch, schedule=schedule,
         optimizer=_optimizer_config(args, merged.clip_grad), precision=precision,
-        checkpoint=build_checkpoint_config(args), logging=build_logging_config(args),
+        checkpoint=build_checkpoint_config(args), logging=logging,
         data=build_data_config(args, seq_length=model.seq_length),
         activation_checkpointing=build_activation_checkpoint_config(args, merged.activation_checkpointing),
         seed=args.seed, accelerator_name=accelerator_name, ds_config=merged.config)

@@ -237,6 +237,22 @@ class LoggingConfig:
     """--profile_steps <start>,<end>: the profiled steps, counted from 1 in this process."""
     profile_ranks: Optional[Tuple[int, ...]] = None
     """--profile-ranks: the global ranks that profile; None: all."""
+    wandb_project: str = ""
+    """--wandb-project; Weights & Biases logging is on when it or --wandb-exp-name is set."""
+    wandb_exp_name: str = ""
+    """--wandb-exp-name: the run's name in Weights & Biases."""
+    wandb_save_dir: Optional[str] = None
+    """--wandb-save-dir, else <--save>/wandb: where wandb keeps the run's files."""
+
+    @property
+    def wandb(self) -> bool:
+        """Weights & Biases logging is on."""
+        return bool(self.wandb_project or self.wandb_exp_name)
+
+    @property
+    def writes_scalars(self) -> bool:
+        """Some writer (tensorboard or wandb) receives the per-iteration scalars."""
+        return bool(self.tensorboard_dir) or self.wandb
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 from typing import Optional, Sequence, Tuple
 
 from megatron.config.schema import (ActivationCheckpointConfig, CheckpointConfig, DataConfig, LoggingConfig,
@@ -227,18 +229,39 @@ def _profile_steps(args: argparse.Namespace) -> Tuple[int, int]:
     return start, end
 
 
+def _wandb_save_dir(args: argparse.Namespace) -> Optional[str]:
+    """Where wandb keeps the run (upstream: --wandb-save-dir, else <--save>/wandb); None when
+    wandb is off. The package must be importable when it is on."""
+    if not (args.wandb_project or args.wandb_exp_name):
+        if args.wandb_save_dir:
+            raise ValueError("--wandb-save-dir needs --wandb-project (or --wandb-exp-name)")
+        return None
+    flag = "--wandb-project" if args.wandb_project else "--wandb-exp-name"
+    if importlib.util.find_spec("wandb") is None:
+        raise ValueError(f"{flag} needs the wandb package, which is not installed "
+                         "(pip install wandb)")
+    if args.wandb_save_dir:
+        return args.wandb_save_dir
+    if args.save:
+        return os.path.join(args.save, "wandb")
+    raise ValueError(f"{flag} needs --wandb-save-dir or --save (wandb keeps the run in "
+                     "<--save>/wandb)")
+
+
 def build_logging_config(args: argparse.Namespace) -> LoggingConfig:
-    """Logging settings; tensorboard switches without --tensorboard-dir are an error, not a no-op."""
+    """Logging settings; tensorboard switches without a writer (--tensorboard-dir or
+    --wandb-project) are an error, not a no-op."""
     _positive(args.log_interval, "--log-interval")
     _positive(args.peak_tflops_per_device, "--peak-tflops-per-device")
     _positive(args.tensorboard_log_interval, "--tensorboard-log-interval")
     if args.profile is not None and args.tensorboard_dir is None:
         raise ValueError(f"--profile {args.profile} writes its traces into --tensorboard-dir; "
                          "give --tensorboard-dir")
-    if args.tensorboard_dir is None:
+    wandb_save_dir = _wandb_save_dir(args)
+    if args.tensorboard_dir is None and wandb_save_dir is None:
         given = [flag for dest, flag in _TENSORBOARD_SWITCHES if getattr(args, dest)]
         if given:
-            raise ValueError(f"{', '.join(given)} need --tensorboard-dir")
+            raise ValueError(f"{', '.join(given)} need --tensorboard-dir (or --wandb-project)")
     return LoggingConfig(
         log_interval=args.log_interval, timing_log_level=args.timing_log_level,
         timing_log_option=args.timing_log_option, barrier_with_L1_time=args.barrier_with_L1_time,
@@ -250,6 +273,8 @@ def build_logging_config(args: argparse.Namespace) -> LoggingConfig:
         log_params_norm=args.log_params_norm, log_num_zeros_in_grad=args.log_num_zeros_in_grad,
         profile=args.profile, profile_steps=_profile_steps(args),
         profile_ranks=tuple(args.profile_ranks) if args.profile_ranks is not None else None,
+        wandb_project=args.wandb_project, wandb_exp_name=args.wandb_exp_name,
+        wandb_save_dir=wandb_save_dir,
         **{dest: getattr(args, dest) for dest, _ in _TENSORBOARD_SWITCHES})
 
 

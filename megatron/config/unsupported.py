@@ -135,9 +135,6 @@ UNSUPPORTED_FLAGS: Tuple[UnsupportedFlag, ...] = (
     _u("--repeated-dataloader", "repeated_dataloader", False, "not implemented"),
     _u("--use-dataset-only", "use_dataset_only", False, "not implemented"),
     # Logging, profiling, cluster integration.
-    _u("--wandb-project", "wandb_project", "", "Weights & Biases logging is not implemented"),
-    _u("--wandb-exp-name", "wandb_exp_name", "", "Weights & Biases logging is not implemented"),
-    _u("--wandb-save-dir", "wandb_save_dir", "", "Weights & Biases logging is not implemented"),
     _u("--adlr-autoresume", "adlr_autoresume", False, "use --exit-signal-handler"),
     _u("--adlr-autoresume-interval", "adlr_autoresume_interval", 1000, "use --exit-signal-handler"),
     _u("--kill-switch-file", "kill_switch_file", None, "use --exit-signal-handler"),

@@ -135,6 +135,25 @@ class TensorboardWriter:
         self._writer.close()
 
 
+class ScalarWriters:
+    """Several writers (tensorboard, wandb) behind the one `add_scalar` interface."""
+
+    def __init__(self, writers) -> None:
+        self._writers = list(writers)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        for writer in self._writers:
+            writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        for writer in self._writers:
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+
+
 @dataclass
 class LogInterval:
     """Accumulates what the next log line averages."""

@@ -65,7 +65,7 @@ def _train_iterations(context: RunContext, interval: LogInterval) -> None:
                     f"the loss was non-finite for {state.consecutive_nan_iterations} consecutive "
                     f"iterations (up to iteration {state.iteration}); stopping. Lower --lr, check "
                     f"the data, or use --bf16 instead of --fp16")
-        if (config.logging.tensorboard_dir
+        if (config.logging.writes_scalars
                 and state.iteration % config.logging.tensorboard_log_interval == 0):
             write_tensorboard(context, loss=result.loss, global_batch=global_batch,
                                seconds=time.monotonic() - iteration_start)

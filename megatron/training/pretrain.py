@@ -33,7 +33,6 @@ def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = No
     from megatron.training.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.training.timers import Timers
     from megatron.tokenizer import build_tokenizer
-    from megatron.training.log import TensorboardWriter
 
     start_time = time.monotonic()
     parallel = config.parallel
@@ -83,13 +82,7 @@ def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = No
                       log_option=config.logging.timing_log_option,
                       barrier_with_level_1=config.logging.barrier_with_L1_time))
     state = TrainState()
-    writer = None
-    if config.logging.tensorboard_dir:
-        import torch.distributed as dist
-
-        if dist.get_rank() == dist.get_world_size() - 1:
-            writer = TensorboardWriter(config.logging.tensorboard_dir,
-                                       queue_size=config.logging.tensorboard_queue_size)
+    writer = _scalar_writer(config, args)
     checkpointer = Checkpointer(engine=engine.engine, scheduler=scheduler, state=state,
                                 config=config.checkpoint,
                                 fingerprint=ModelFingerprint.of(config.model), args=args,
@@ -112,6 +105,28 @@ def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = No
     context.on_iteration_end.append(
         _save_and_exit_hook(checkpointer, _exit_conditions(config, start_time), config))
     return context
+
+
+def _scalar_writer(config: TrainingConfig, args: Optional[argparse.Namespace]):
+    """Tensorboard and/or wandb on the last rank (as upstream); None elsewhere or when off."""
+    import torch.distributed as dist
+    from megatron.training.log import ScalarWriters, TensorboardWriter
+
+    logging = config.logging
+    if not logging.writes_scalars or dist.get_rank() != dist.get_world_size() - 1:
+        return None
+    writers = []
+    if logging.tensorboard_dir:
+        writers.append(TensorboardWriter(logging.tensorboard_dir,
+                                         queue_size=logging.tensorboard_queue_size))
+    if logging.wandb:
+        from megatron.checkpointing.safe_load import plain_args
+        from megatron.training.wandb_writer import WandbWriter
+
+        writers.append(WandbWriter(project=logging.wandb_project, name=logging.wandb_exp_name,
+                                   save_dir=logging.wandb_save_dir,
+                                   run_config=vars(plain_args(args)) if args is not None else {}))
+    return writers[0] if len(writers) == 1 else ScalarWriters(writers)
 
 
 def _batch_sizes(config: TrainingConfig):

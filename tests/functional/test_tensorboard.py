@@ -49,3 +49,64 @@ def test_tensorboard_switches(tmp_path):
     # Adam's first moment keeps growing from zero over the first steps.
     momentum = [value for _, value in scalars["optimizer/momentum_l2"]]
     assert momentum[1] != momentum[0]
+
+
+def _wandb_records(run_file):
+    """The Record protobufs of a wandb run file. The framing is LevelDB's log format, which
+    wandb uses: a 7-byte file header (":W&B", magic, version), 32 KiB blocks, and chunks with
+    a 7-byte header (CRC-32C, length, type: 1 full, 2 first, 3 middle, 4 last)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B"
+    position, pending, block = 7, b"", 32768
+    while position + 7 <= len(data):
+        left = block - position % block
+        if left < 7:
+            position += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        if length == 0 and kind == 0:  # zero padding up to the end of the block
+            position += left
+            continue
+        pending += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def test_wandb_offline_run_has_the_scalars(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    dataset = write_random_dataset(tmp_path / "random_text_document")
+    output = run_pretrain(tiny_gpt_args(dataset, train_iters=4, extra=[
+        "--wandb-project", "megatron-test", "--wandb-exp-name", "tiny",
+        "--wandb-save-dir", str(tmp_path / "wb"), "--eval-interval", "2", "--eval-iters", "1"]))
+    from tests.functional.launch import losses_by_iteration, validation_results
+
+    (run_file,) = (tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb")
+    history, config = {}, {}
+    for record in _wandb_records(run_file):
+        if record.WhichOneof("record_type") == "history":
+            items = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                     for item in record.history.item}
+            history[record.history.step.num] = items
+        elif record.WhichOneof("record_type") == "run":  # the run's start, with its config
+            config.update({item.key: json.loads(item.value_json) for item in record.run.config.update})
+    losses = losses_by_iteration(output)
+    assert sorted(losses) == [1, 2, 3, 4]
+    for iteration, loss in losses.items():
+        assert history[iteration]["lm-loss-training/lm loss"] == pytest.approx(loss, rel=1e-6)
+        assert "learning-rate/learning-rate" in history[iteration]
+    # A scalar against samples goes on its own axis, logged at the iteration's step.
+    assert [history[i]["samples"] for i in (1, 2, 3, 4)] == [8, 16, 24, 32]
+    validation = [loss for _, loss, _ in validation_results(output)]
+    assert history[2]["lm-loss-validation/lm loss validation"] == pytest.approx(validation[0],
+                                                                                 rel=1e-6)
+    assert config["num_layers"] == 2 and config["wandb_project"] == "megatron-test"

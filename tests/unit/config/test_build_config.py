@@ -302,3 +302,28 @@ def test_profile_flags():
     for steps in ("3", "a,b", "4,2", "0,1"):
         with pytest.raises(ValueError, match="--profile_steps"):
             build(["--profile", "pt", "--profile_steps", steps, "--tensorboard-dir", "tb"])
+
+
+def test_wandb_flags(tmp_path, monkeypatch):
+    config = build(["--wandb-project", "proj", "--save", str(tmp_path), "--save-interval", "10"])
+    assert config.logging.wandb and config.logging.writes_scalars
+    assert config.logging.wandb_save_dir == str(tmp_path / "wandb")
+    assert build(["--wandb-exp-name", "run", "--wandb-save-dir", "wb"]).logging.wandb_save_dir == "wb"
+    assert not build().logging.wandb and not build().logging.writes_scalars
+    # Tensorboard switches may feed wandb alone.
+    assert build(["--wandb-project", "p", "--wandb-save-dir", "wb",
+                  "--log-timers-to-tensorboard"]).logging.log_timers_to_tensorboard
+    with pytest.raises(ValueError, match="--wandb-project needs --wandb-save-dir or --save"):
+        build(["--wandb-project", "proj"])
+    with pytest.raises(ValueError, match="--wandb-save-dir needs --wandb-project"):
+        build(["--wandb-save-dir", "wb"])
+    with pytest.raises(ValueError, match='"wandb" section of --deepspeed_config .* use one'):
+        build(["--wandb-project", "p", "--wandb-save-dir", "wb"], tmp_path=tmp_path,
+              ds_json={"train_batch_size": 8, "wandb": {"enabled": True, "project": "x"}})
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    with pytest.raises(ValueError, match="--wandb-project needs the wandb package.*pip install wandb"):
+        build(["--wandb-project", "p", "--wandb-save-dir", "wb"])
