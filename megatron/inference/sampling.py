@@ -2,6 +2,7 @@
 top-p (nucleus), drawn from an explicit generator so a seed reproduces the samples."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,6 +20,11 @@ class SamplingParams:
     """Keep the k most likely tokens (0: all)."""
     top_p: float = 0.0
     """Keep the smallest set of most likely tokens whose probability reaches p (0: all)."""
+    top_p_decay: float = 0.0
+    """After each token, top_p becomes top_p * top_p_decay (0: constant; the server's
+    `top_p_decay`)."""
+    top_p_bound: float = 0.0
+    """The decayed top_p never drops below this (0: no bound; the server's `top_p_bound`)."""
 
     def __post_init__(self) -> None:
         if self.greedy:
@@ -32,6 +38,20 @@ class SamplingParams:
         if self.top_k > 0 and self.top_p > 0.0:
             raise ValueError(f"--top_k {self.top_k} and --top_p {self.top_p} cannot be "
                              "combined; give one of them")
+        if not 0.0 <= self.top_p_decay <= 1.0:
+            raise ValueError(f"top_p_decay must be in [0, 1], got {self.top_p_decay}")
+        if (self.top_p_decay > 0.0 or self.top_p_bound > 0.0) and self.top_p == 0.0:
+            raise ValueError("top_p_decay and top_p_bound need top_p")
+        if not 0.0 <= self.top_p_bound <= self.top_p:
+            raise ValueError(f"top_p_bound must be in [0, top_p={self.top_p}], got "
+                             f"{self.top_p_bound}")
+
+    def after_token(self) -> "SamplingParams":
+        """The parameters for the next token: top_p decayed (never below top_p_bound)."""
+        if self.greedy or self.top_p == 0.0 or self.top_p_decay == 0.0:
+            return self
+        return dataclasses.replace(self, top_p=max(self.top_p * self.top_p_decay,
+                                                   self.top_p_bound))
 
 
 def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

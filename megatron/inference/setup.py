@@ -78,7 +78,8 @@ def setup_generation(args: argparse.Namespace) -> GenerationSetup:
         args = apply_checkpoint_args(args, checkpoint.args, explicit=args.explicit_args,
                                      source=f"--load {args.load}")
     initialize_distributed(tensor_model_parallel_size=tensor_parallel,
-                           pipeline_model_parallel_size=1)
+                           pipeline_model_parallel_size=1,
+                           timeout_minutes=args.distributed_timeout_minutes)
     set_random_seeds(args.seed)
     tokenizer = build_tokenizer(
         args.tokenizer_type, vocab_file=args.vocab_file, merge_file=args.merge_file,

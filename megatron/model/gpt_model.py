@@ -76,10 +76,13 @@ class GPTModel(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor],
                 attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None,
-                kv_cache: Optional[KVCache] = None) -> torch.Tensor:
+                kv_cache: Optional[KVCache] = None,
+                last_position_only: bool = False) -> torch.Tensor:
         """input_ids, position_ids [b, s]; attention_mask [b, 1, s, s] bool with True =
         masked, or None for plain causal attention. `kv_cache` (generation): the tokens
         continue those already cached, whose keys and values are reused.
+        `last_position_only` (generation): logits [b, 1, V] of the last position only, which
+        spares the LM head's work on the other positions of a prompt.
 
         Returns the fp32 per-token loss [b, s] when `labels` are given, else the logits
         [b, s, V/TP] (or [b, s, V] without parallel_output).
@@ -88,6 +91,11 @@ class GPTModel(torch.nn.Module):
             raise ValueError(f"attention_mask must be a bool tensor (True = masked), "
                              f"got {attention_mask.dtype}")
         hidden = self.language_model(input_ids, position_ids, attention_mask, kv_cache)
+        if last_position_only:
+            if labels is not None or self.config.sequence_parallel:
+                raise ValueError("last_position_only is for generation: no labels, no "
+                                 "sequence parallelism")
+            hidden = hidden[-1:]
         logits = parallel_lm_logits(
             hidden, self.shared_embedding_or_output_weight(),
             self.parallel_output if labels is None else True,

@@ -40,6 +40,14 @@ class KVCache:
         values[self.length:end] = value
         return keys[:end], values[:end]
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep batch rows `rows` (in that order, repeats allowed) of every layer: beam
+        search reorders its beams between steps."""
+        for store in (self._keys, self._values):
+            for layer, buffer in enumerate(store):
+                if buffer is not None:
+                    store[layer] = buffer.index_select(1, rows)
+
     def advance(self, num_tokens: int) -> None:
         """Every layer has cached the `num_tokens` new positions."""
         self.length += num_tokens

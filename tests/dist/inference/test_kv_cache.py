@@ -82,3 +82,19 @@ def test_prompt_logprobs_of_a_mixed_batch(variant, sdpa, use_cache):
         assert len(logprobs) == len(prompt) - 1
         error = (torch.tensor(logprobs) - reference).abs().max().item()
         assert error <= TOL * reference.abs().max().item() + 1e-6, error
+
+
+def last_position_logits(variant):
+    model = _model(variant, True)
+    tokens = torch.randint(0, 120, (2, SEQ), generator=torch.Generator().manual_seed(2))
+    positions = torch.arange(SEQ).expand(2, SEQ)
+    with torch.no_grad():
+        return (model(tokens, positions, None)[:, -1:],
+                model(tokens, positions, None, last_position_only=True))
+
+
+@pytest.mark.parametrize("variant", ["default", "llama"])
+def test_last_position_only_is_the_last_row_of_the_logits(variant):
+    full, last = run_on_ranks(last_position_logits, variant, world_size=1)[0]
+    assert last.shape == full.shape == (2, 1, 128)
+    assert torch.allclose(last, full, rtol=0, atol=TOL * full.abs().max())
