@@ -47,6 +47,8 @@ class GenerateRequest:
     prevent_newline_after_colon: bool = False
     random_seed: Optional[int] = None
     """None: the server's random state continues (upstream's -1)."""
+    stop_token: Optional[int] = None
+    """Also stop a row at this id (upstream accepts the field here and ignores it)."""
     no_log: bool = False
 
 
@@ -150,9 +152,9 @@ def parse_request(body: Any) -> Request:
 
 
 def _generate_request(fields: _Fields, common: dict) -> GenerateRequest:
-    for name in ("stop_token", "length_penalty"):
-        if name in fields.body:
-            raise RequestError(f"{name} is a beam search option; give beam_width too")
+    # Upstream clients may send the beam-search fields with every request: they are checked;
+    # length_penalty only matters to beam search, stop_token also ends sampled rows.
+    fields.number("length_penalty", 1.0)
     logprobs = fields.flag("logprobs")
     if common["tokens_to_generate"] == 0 and not logprobs:
         raise RequestError("tokens_to_generate=0 implies logprobs should be True")
@@ -182,7 +184,8 @@ def _generate_request(fields: _Fields, common: dict) -> GenerateRequest:
     return GenerateRequest(logprobs=logprobs, temperature=temperature, top_k=top_k, top_p=top_p,
                            top_p_decay=top_p_decay, top_p_bound=top_p_bound,
                            stop_on_eol=stop_on_eol, stop_on_double_eol=stop_on_double_eol,
-                           random_seed=random_seed, **common)
+                           random_seed=random_seed,
+                           stop_token=fields.integer("stop_token", None, low=0), **common)
 
 
 def _beam_search_request(fields: _Fields, common: dict) -> BeamSearchRequest:

@@ -85,15 +85,15 @@ class TextGenerationService:
         if request.prevent_newline_after_colon:
             self._single_token(":", "prevent_newline_after_colon")
             self._single_token("\n", "prevent_newline_after_colon")
+        if request.stop_token is not None and request.stop_token >= self.vocab_size:
+            raise RequestError(f"stop_token must be below the vocabulary size "
+                               f"{self.vocab_size}, got {request.stop_token}")
         if isinstance(request, GenerateRequest):
             if request.stop_on_eol or request.stop_on_double_eol:
                 self._single_token("\n", "stop_on_eol" if request.stop_on_eol
                                    else "stop_on_double_eol")
             width = len(prompts)
         else:
-            if request.stop_token is not None and request.stop_token >= self.vocab_size:
-                raise RequestError(f"stop_token must be below the vocabulary size "
-                                   f"{self.vocab_size}, got {request.stop_token}")
             width = request.beam_width
         longest = min(max(len(p) for p in prompts) + request.tokens_to_generate, self.max_length)
         if self.max_tokens is not None and width * longest > self.max_tokens:
@@ -133,6 +133,8 @@ class TextGenerationService:
                     "segments": [self._segments(beam.tokens) for beam in beams],
                     "scores": [beam.score for beam in beams]}
         stop_tokens, stop_sequences = [self.tokenizer.eod], []
+        if request.stop_token is not None:
+            stop_tokens.append(request.stop_token)
         if request.stop_on_eol or request.stop_on_double_eol:
             newline, double = self._newlines()
             if double is not None:

@@ -73,8 +73,14 @@ BAD = [
     ({"prompts": ["a"], "beam_width": 2, "stop_token": -3}, "stop_token must be an integer >= 0"),
     ({"prompts": ["a"], "beam_width": 2, "length_penalty": "x"}, "length_penalty must be a number"),
     ({"prompts": ["a"], "beam_width": 2, "tokens_to_generate": 0}, "tokens_to_generate >= 1"),
-    ({"prompts": ["a"], "stop_token": 5}, "stop_token is a beam search option"),
+    ({"prompts": ["a"], "stop_token": -1}, "stop_token must be an integer >= 0"),
+    ({"prompts": ["a"], "length_penalty": "x"}, "length_penalty must be a number"),
 ]
+
+
+def test_beam_fields_without_beam_width_are_accepted_as_upstream():
+    request = parse_request({"prompts": ["a"], "stop_token": 5, "length_penalty": 1.5})
+    assert isinstance(request, GenerateRequest) and request.stop_token == 5
 
 
 @pytest.mark.parametrize("body, message", BAD, ids=[m for _, m in BAD])

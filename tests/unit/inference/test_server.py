@@ -36,6 +36,13 @@ def test_greedy_response_includes_prompt_and_stop_token(one_process):
     assert response["logprobs"][0] == pytest.approx([math.log(0.9)], abs=ATOL)
     assert response["logprobs"][1] == pytest.approx([math.log(0.97)] * 4, abs=ATOL)
     assert service.run(service.prepare({"prompts": ["1"], "top_k": 1}))["logprobs"] is None
+    # stop_token ends a sampled row too (kept in the text, like the end of document).
+    stopped = service.run(service.prepare({"prompts": ["0"], "tokens_to_generate": 3,
+                                           "top_k": 1, "stop_token": 3}))
+    assert stopped["text"] == ["0 3"]
+    stopped = service.run(service.prepare({"prompts": ["2"], "tokens_to_generate": 3,
+                                           "top_k": 1, "stop_token": 2}))
+    assert stopped["text"] == ["2 2"]
 
 
 def test_scoring_bos_and_beam_search(one_process):
