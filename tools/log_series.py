@@ -26,6 +26,9 @@ TOKENS_PER_SECOND = "tokens per second"  # all devices: samples per second x seq
 _ITERATION = re.compile(r"\biteration\s+(\d+)/\s*(\d+)\s*\|(.*)")
 _VALIDATION = re.compile(r"\bvalidation loss at (.*?) \|(.*)")
 _PREFIX_ITERATION = re.compile(r"^iteration (\d+)$")
+# This project's "> loaded checkpoint global_stepN from DIR at iteration N" and upstream's
+# "successfully loaded checkpoint from DIR at iteration N".
+_LOADED = re.compile(r"\bloaded checkpoint .* at iteration (\d+)")
 _NUMBER = re.compile(r"^[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)$",
                      re.IGNORECASE)
 
@@ -59,6 +62,11 @@ class Run:
     # First logged iteration of each source: its interval includes start-up, so the mean
     # throughput leaves it out.
     startup_iterations: Set[int] = field(default_factory=set)
+    resumed_at: List[int] = field(default_factory=list)
+    """Where each later part of a stitched (resumed) run starts: the iteration its log says
+    it loaded, else the one before its first logged iteration."""
+    loaded_iteration: Optional[int] = None
+    """The iteration this log's run resumed from (its checkpoint-loaded line), if any."""
 
     def get(self, name: str) -> Series:
         return self.series.get(name, {})
@@ -110,6 +118,10 @@ def parse_log_lines(lines: Iterable[str], *, label: str = "") -> Run:
     run = Run(label)
     last_iteration: Optional[int] = None
     for line in lines:
+        loaded = _LOADED.search(line)
+        if loaded and run.loaded_iteration is None and not run.series:
+            run.loaded_iteration = int(loaded.group(1))
+            continue
         match = _ITERATION.search(line)
         if match:
             last_iteration = int(match.group(1))
@@ -189,6 +201,9 @@ def stitch(pieces: Sequence[Run], *, label: str) -> Run:
     for piece in pieces:
         first = min(piece.iterations(), default=None)
         if first is not None:
+            if any(run.series.values()):
+                start = piece.loaded_iteration if piece.loaded_iteration is not None else first - 1
+                run.resumed_at = [it for it in run.resumed_at if it < start] + [start]
             for series in [*run.series.values(), run.validation, run.test]:
                 _drop_from(series, first)
             run.startup_iterations = {it for it in run.startup_iterations if it < first}

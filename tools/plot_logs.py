@@ -28,7 +28,8 @@ from log_series import Gap, Run, Series  # noqa: E402
 
 # file name -> (title, y label, the curve (see `curve`), log scale when all values are > 0)
 PLOTS = {
-    "train_loss_vs_iteration.png": ("training loss", "lm loss", "loss-iters", False),
+    "train_loss_vs_iteration.png": ("training (and validation) loss", "lm loss", "loss-iters",
+                                    False),
     "train_loss_vs_tokens.png": ("training loss", "lm loss", "loss-tokens", False),
     "validation_loss.png": ("validation loss", "lm loss", "validation", False),
     "learning_rate.png": ("learning rate", "learning rate", "learning rate", False),
@@ -62,6 +63,20 @@ def curve(run: Run, what: str, *, align: str, window: int) -> Series:
     return log_series.by_tokens(run, series) if align == "tokens" else series
 
 
+def _mark_validation_and_resumes(axes, runs: Sequence[Run]) -> None:
+    """On the training-loss plot: each run's validation losses as points, and a dashed line
+    where a resumed run's later parts start."""
+    resume_labelled = False
+    for run in runs:
+        if run.validation:
+            axes.plot(list(run.validation), list(run.validation.values()), linestyle="none",
+                      marker="s", markersize=5, label=f"{run.label} validation")
+        for iteration in run.resumed_at:
+            axes.axvline(iteration, color="gray", linestyle="--", linewidth=1,
+                         label=None if resume_labelled else "resumed")
+            resume_labelled = True
+
+
 def write_plots(runs: Sequence[Run], output: str, *, align: str, window: int) -> List[str]:
     """One PNG per plot that some run has data for; returns the paths written."""
     import matplotlib
@@ -81,6 +96,8 @@ def write_plots(runs: Sequence[Run], output: str, *, align: str, window: int) ->
                 marker = "o" if what == "validation" or len(points) < 30 else None
                 axes.plot(list(points), list(points.values()), label=label, marker=marker,
                           markersize=3)
+        if what == "loss-iters":
+            _mark_validation_and_resumes(axes, runs)
         tokens_axis = what == "loss-tokens" or (align == "tokens" and what != "loss-iters")
         axes.set_xlabel("consumed tokens" if tokens_axis else "iteration")
         axes.set_ylabel(y_label)

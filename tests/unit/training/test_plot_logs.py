@@ -92,6 +92,14 @@ def test_stitching_a_resumed_run(series, tmp_path):
     assert run.get("lm loss") == {1: 9.0, 2: 8.0, 3: 17.0, 4: 16.0}
     assert run.validation == {}  # iteration 4 of the first part was redone without evaluating
     assert run.startup_iterations == {1, 3}
+    assert run.resumed_at == [2]  # the iteration before part 2's first line
+    second.write_text("> loaded checkpoint global_step2 from ckpt at iteration 2 (consumed "
+                      "samples 16) in 0.1 s\n" + second.read_text())
+    assert series.load_run("resumed", [str(first), str(second)]).resumed_at == [2]
+    second.write_text(" successfully loaded checkpoint from ckpt at iteration 1\n"
+                      + "\n".join([project_line(it, 20.0 - it) for it in (3, 4)]) + "\n")
+    assert series.load_run("upstream", [str(first), str(second)]).resumed_at == [1]
+    assert series.load_run("one part", [str(first)]).resumed_at == []
 
 
 def test_table_and_max_gap(plot_logs, tmp_path, capsys):
