@@ -1,0 +1,177 @@
+"""megatron.training.memory_estimate against figures computed by hand for small shapes.
+
+Every expected value below is worked out in the comment next to it from the shapes (no call
+into the code under test); the comparisons are exact (integer bytes).
+"""
+import pytest
+
+from megatron.arguments import parse_args
+from megatron.config.build import build_config
+from megatron.training import memory_estimate as me
+
+# 2 layers, h64, 4 heads (head 16), s32, ffn 4h = 256, NullTokenizer 511 + EOD -> padded 512.
+TINY = ("--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 "
+        "--max-position-embeddings 32 --micro-batch-size 2 --train-iters 3 --lr 1e-3 "
+        "--tokenizer-type NullTokenizer --vocab-size 511 --deepspeed").split()
+
+
+def config(*extra, world_size=1, global_batch=8, accelerator="cpu"):
+    flags = TINY + ["--global-batch-size", str(global_batch)] + list(extra)
+    return build_config(parse_args(flags), world_size=world_size, accelerator_name=accelerator)
+
+
+def test_layer_parameters_by_hand():
+    model = config().model
+    # QKV 64*192 + 192, dense 64*64 + 64, two LayerNorms 2*128, fc1 64*256 + 256, fc2 256*64 + 64
+    assert me.layer_parameters(model, 1) == 12480 + 4160 + 256 + 16640 + 16448  # 49984
+    # TP2: QKV 64*96 + 96, dense 32*64 + 64 (bias replicated), norms 256, fc1 64*128 + 128,
+    # fc2 128*64 + 64
+    assert me.layer_parameters(config("--tensor-model-parallel-size", "2", world_size=2).model,
+                               2) == 6240 + 2112 + 256 + 8320 + 8256
+
+
+def test_whole_model_parameters_match_the_built_model():
+    # 2 layers 2*49984 + word embeddings 512*64 + positions 32*64 + final norm 128 (tied head);
+    # 134912 is also what the built model reports (tests/functional/test_memory_split.py).
+    [(layers, params, first, last)] = me.stage_parameters(config("--no-pipeline-parallel"), 512)
+    assert (layers, params, first, last) == (2, 99968 + 32768 + 2048 + 128, True, True)
+
+
+def test_pipeline_stages_hold_embedding_and_tied_head_copy():
+    # PP2 with type:transformer: one layer per stage; stage 0 has the embedding (32768 + 2048),
+    # stage 1 the final norm (128) and the tied head's copy of the word embeddings + positions.
+    cfg = config("--pipeline-model-parallel-size", "2", "--pipeline-partition-method",
+                 "type:transformer", world_size=2)
+    assert me.stage_parameters(cfg, 512) == [(1, 49984 + 34816, True, False),
+                                             (1, 49984 + 128 + 34816, False, True)]
+
+
+def test_model_states_fp32_zero1_on_cpu():
+    n = 134912
+    states = me.model_state_bytes(config("--no-pipeline-parallel", "--zero-stage", "1"), n,
+                                  accelerator="cpu")
+    # params 4n; fp32 master + two Adam moments 12n (DP1); gradients 4n plus the reduce bucket's
+    # resident part (min(5e8, n) elements of 4 bytes); step: fp32 gradient partition 4n.
+    assert states == {"parameters": 4 * n, "gradients": 8 * n, "optimizer_state": 12 * n,
+                      "step_buffers": 4 * n}
+
+
+def test_model_states_bf16_zero1_dp4_on_gpu():
+    n = 1000
+    cfg = config("--no-pipeline-parallel", "--zero-stage", "1", "--bf16", world_size=4,
+                 accelerator="cuda")
+    states = me.model_state_bytes(cfg, n, accelerator="cuda")
+    # bf16 params 2n; optimizer (master + moments) 12 bytes x n/4; bf16 gradients 2n plus the
+    # whole 5e8-element bf16 bucket; step: fp32 partition 4 x n/4.
+    assert states == {"parameters": 2000, "gradients": 2000 + 10 ** 9,
+                      "optimizer_state": 3000, "step_buffers": 1000}
+
+
+def test_model_states_zero3_and_zero0():
+    n = 1000
+    cfg = config("--no-pipeline-parallel", "--zero-stage", "3", "--bf16", world_size=4,
+                 accelerator="cuda")
+    states = me.model_state_bytes(cfg, n, accelerator="cuda")
+    # ZeRO-3: params 2 x n/4, gradients 2 x n/4 + bucket twice (overlap_comm defaults on at 3)
+    assert states["parameters"] == 500 and states["optimizer_state"] == 3000
+    assert states["gradients"] == 500 + 2 * 10 ** 9
+    cfg0 = config("--no-pipeline-parallel", "--zero-stage", "0", world_size=2)
+    # ZeRO-0 fp32: torch AdamW's two moments on every rank, no master copy, plain gradients
+    assert me.model_state_bytes(cfg0, n, accelerator="cpu") == {
+        "parameters": 4000, "gradients": 4000, "optimizer_state": 8000, "step_buffers": 0}
+
+
+def test_layer_activations_fp32_by_hand():
+    model = config().model
+    # sbh = 32*2*64 = 4096. Replicated: 2 norm inputs + QKV input + MLP input (4 bytes each)
+    # + 2 dropout masks (1 byte) = 18 sbh; split: QKV output 3h, context h, GeLU in and out
+    # 4h each = 12h x 4 bytes = 48 sbh; scores: 4 heads x 32^2 x b2 x (fp32 softmax 4 +
+    # mask 1 + dropout output 4).
+    parts = me.layer_activation_bytes(model, micro_batch_size=2, seq_length=32,
+                                      tensor_model_parallel_size=1, sequence_parallel=False,
+                                      element_size=4)
+    assert parts == {"replicated": 18 * 4096, "split": 48 * 4096, "scores": 4 * 1024 * 2 * 9}
+
+
+def test_cpu_dropout_masks_have_the_activation_dtype():
+    # torch's CPU dropout keeps a float mask: masks cost 4 bytes in fp32, so replicated
+    # 4 x 4 + 2 x 4 = 24 sbh and scores 4 x 32^2 x 2 x (4 + 4 + 4).
+    parts = me.layer_activation_bytes(config().model, micro_batch_size=2, seq_length=32,
+                                      tensor_model_parallel_size=1, sequence_parallel=False,
+                                      element_size=4, dropout_mask_size=4)
+    assert parts == {"replicated": 24 * 4096, "split": 48 * 4096, "scores": 4 * 1024 * 2 * 12}
+
+
+def test_layer_activations_match_korthikanti_for_half_precision():
+    # The paper's per-layer figure for 2-byte activations: s*b*h*(10 + 24/t) + 5*a*s^2*b/t
+    # without sequence parallelism, s*b*h*34/t + 5*a*s^2*b/t with it (fp16 softmax output).
+    model = config("--no-query-key-layer-scaling", "--tensor-model-parallel-size", "2",
+                   "--sequence-parallel", world_size=2).model
+    s, b, h, a, t = 32, 2, 64, 4, 2
+    for sp, replicated in ((False, 10 * s * b * h), (True, 10 * s * b * h // t)):
+        parts = me.layer_activation_bytes(model, micro_batch_size=b, seq_length=s,
+                                          tensor_model_parallel_size=t, sequence_parallel=sp,
+                                          element_size=2)
+        assert parts == {"replicated": replicated, "split": 24 * s * b * h // t,
+                         "scores": 5 * a * s * s * b // t}
+
+
+def _activations(cfg, **kwargs):
+    return me.stage_activation_bytes(cfg, vocab=512, first=False, last=False, fused_softmax=False,
+                                     **kwargs)
+
+
+def test_recompute_keeps_layer_inputs_and_rebuilds_one_chunk():
+    full_layer = (18 + 48) * 4096 + 4 * 1024 * 2 * 9  # from test_layer_activations_fp32_by_hand
+    plain = config("--no-pipeline-parallel")
+    assert _activations(plain, num_layers=2, in_flight=1) == 2 * full_layer
+    # --checkpoint-activations (chunks of 1): each layer's input sbh x 4 bytes, and one layer
+    # rebuilt in full during backward.
+    recomputed = config("--no-pipeline-parallel", "--checkpoint-activations")
+    assert _activations(recomputed, num_layers=2, in_flight=1) == 2 * 4 * 4096 + full_layer
+    # selective: no s^2 part kept; one layer's scores rebuilt in backward.
+    selective = config("--no-pipeline-parallel", "--recompute-activations")
+    assert _activations(selective, num_layers=2, in_flight=1) == 2 * 66 * 4096 + 4 * 1024 * 2 * 9
+
+
+def test_1f1b_micro_batches_in_flight_per_stage():
+    # PP4 with 8 micro batches per step: stage k holds min(4 - k, 8) micro batches.
+    # (accelerator cuda: 1-byte dropout masks, so the full layer of the fp32 test above)
+    cfg = config("--pipeline-model-parallel-size", "4", "--num-layers", "4",
+                 "--pipeline-partition-method", "type:transformer", world_size=4, global_batch=16)
+    estimate = me.estimate_memory(cfg, accelerator="cuda")
+    assert [stage.micro_batches_in_flight for stage in estimate.stages] == [4, 3, 2, 1]
+    assert [stage.num_layers for stage in estimate.stages] == [1, 1, 1, 1]
+    full_layer = (18 + 48) * 4096 + 4 * 1024 * 2 * 9
+    # Stage 1 (middle): 3 micro batches of one layer, nothing else.
+    assert estimate.stages[1].activations == 3 * full_layer
+
+
+def test_last_stage_adds_logits_and_loss():
+    cfg = config("--no-pipeline-parallel")
+    with_head = me.stage_activation_bytes(cfg, num_layers=0, vocab=512, first=False, last=True,
+                                          in_flight=1, fused_softmax=False)
+    # final-norm input + LM-head input (2 x sbh x 4) + fp32 logits s*b*V x 4 held while the
+    # loss keeps its fp32 softmax (4): 2*4096*4 + 32*2*512*8
+    assert with_head == 2 * 4096 * 4 + 32 * 2 * 512 * 8
+    bf16 = config("--no-pipeline-parallel", "--bf16")
+    # bf16: inputs 2 x sbh x 2; logits 2 bytes + their fp32 copy 4 + the fp32 softmax 4
+    assert me.stage_activation_bytes(bf16, num_layers=0, vocab=512, first=False, last=True,
+                                     in_flight=1, fused_softmax=False) == (
+        2 * 4096 * 2 + 32 * 2 * 512 * 10)
+
+
+def test_fits_and_overhead():
+    estimate = me.estimate_memory(config("--no-pipeline-parallel"), overhead_bytes=1000)
+    worst = estimate.worst
+    assert worst.overhead == 1000
+    assert estimate.fits(worst.peak) and not estimate.fits(worst.peak - 1)
+
+
+def test_unknown_vocabulary_is_refused():
+    cfg = build_config(parse_args(TINY[:-5] + ["--deepspeed", "--global-batch-size", "8",
+                                               "--tokenizer-type", "HFTokenizer",
+                                               "--tokenizer-model", "x"]),
+                       world_size=1, accelerator_name="cpu")
+    with pytest.raises(ValueError, match="--padded-vocab-size"):
+        me.estimate_memory(cfg)
