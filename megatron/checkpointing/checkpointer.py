@@ -18,20 +18,21 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 
 from megatron.checkpointing.errors import CheckpointError
-from megatron.checkpointing.fingerprint import ModelFingerprint, fingerprint_from_upstream_args
+from megatron.checkpointing.fingerprint import (LAYOUT_FIELDS, ModelFingerprint,
+                                                fingerprint_from_upstream_args)
 from megatron.checkpointing.hooks import SaveHooks
 from megatron.checkpointing.integrity import damaged_files, shared_checksums
 from megatron.checkpointing.layout import (LATEST_FILE, MANIFEST_FILE, REPLACED_SUFFIX,
-                                           STAGING_SUFFIX, TRACKER_FILE, atomic_write_text,
-                                           fsync_directory, missing_files,
+                                           STAGING_SUFFIX, TRACKER_FILE, ParallelLayout,
+                                           atomic_write_text, fsync_directory, missing_files,
                                            read_latest_tag, read_manifest, rng_file_name,
-                                           tag_of_iteration, tags_newest_first)
+                                           saved_layout, tag_of_iteration, tags_newest_first)
 from megatron.checkpointing.rng import capture_rng_states, restore_rng_states
 from megatron.checkpointing.safe_load import (check_tag, deepspeed_loads_weights_only, load_file,
                                               plain_args, refuse_unsafe_files)
@@ -136,11 +137,17 @@ class Checkpointer:
     engine: the `deepspeed` engine (ZeRO or pipeline). scheduler: the
     `OptimizerParamScheduler`. state: the `TrainState`. config: the `CheckpointConfig`.
     save_hooks: fault-injection points for tests (`SaveHooks`, no-ops by default).
+    layout: this run's `ParallelLayout`; with `load_other_layout`, a checkpoint of the same
+    model saved on another layout is loaded by calling
+    `load_other_layout(load_dir, tag, load_optimizer=...)`, which puts the weights (and the
+    optimizer state) into the engine and returns the checkpoint's client state.
     """
 
     def __init__(self, *, engine, scheduler, state, config, fingerprint: ModelFingerprint,
                  args: Optional[argparse.Namespace] = None,
-                 save_hooks: Optional[SaveHooks] = None) -> None:
+                 save_hooks: Optional[SaveHooks] = None,
+                 layout: Optional[ParallelLayout] = None,
+                 load_other_layout: Optional[Callable[..., Dict[str, Any]]] = None) -> None:
         self.engine = engine
         self.scheduler = scheduler
         self.state = state
@@ -148,6 +155,8 @@ class Checkpointer:
         self.fingerprint = fingerprint
         self.args = args
         self.save_hooks = save_hooks or SaveHooks()
+        self.layout = layout
+        self.load_other_layout = load_other_layout
         self.last_saved_iteration: Optional[int] = None
         self.loaded: LoadResult = LoadResult()
 
@@ -292,24 +301,42 @@ class Checkpointer:
                                   f"{hint}")
         return time.monotonic() - start
 
-    def _check_fingerprint(self, load_dir: str, tag: str) -> None:
-        tag_dir = os.path.join(load_dir, tag)
+    def _saved_fingerprint(self, tag_dir: str) -> Dict[str, Any]:
         manifest = read_manifest(tag_dir)
         if manifest is not None:
-            saved = manifest.get("model", {})
-        else:
-            candidates = sorted(glob.glob(os.path.join(tag_dir, "mp_rank_*_model_states.pt")))
-            content = load_file(candidates[0], mmap=True)
-            if "model_fingerprint" in content:
-                saved = content["model_fingerprint"]
-            elif content.get("args") is not None:
-                saved = fingerprint_from_upstream_args(content["args"])
-            else:
-                saved = {}
-        problems = self.fingerprint.mismatches(saved)
+            return manifest.get("model", {})
+        candidates = sorted(glob.glob(os.path.join(tag_dir, "mp_rank_*_model_states.pt")))
+        content = load_file(candidates[0], mmap=True)
+        if "model_fingerprint" in content:
+            return content["model_fingerprint"]
+        if content.get("args") is not None:
+            return fingerprint_from_upstream_args(content["args"])
+        return {}
+
+    def _check_fingerprint(self, load_dir: str, tag: str) -> Optional[ParallelLayout]:
+        """Refuse a checkpoint of another model. A checkpoint of this model saved on another
+        layout is refused too, unless this run can re-split it: then its layout is returned
+        (None: the same layout, DeepSpeed loads it)."""
+        tag_dir = os.path.join(load_dir, tag)
+        saved = self._saved_fingerprint(tag_dir)
+        can_resplit = self.layout is not None and self.load_other_layout is not None
+        # The padded vocabulary depends on TP: the re-splitting loader checks the tokenizer.
+        ignore = (*LAYOUT_FIELDS, "padded_vocab_size") if can_resplit else ()
+        problems = self.fingerprint.mismatches(saved, ignore=ignore)
         if problems:
             raise CheckpointError(f"--load {load_dir}: checkpoint {tag} does not match the flags: "
                                   + "; ".join(problems))
+        if not can_resplit:
+            return None
+        old = saved_layout(
+            tag_dir,
+            tensor_model_parallel_size=saved.get("tensor_model_parallel_size")
+            or self.layout.tensor_model_parallel_size,
+            pipeline_model_parallel_size=saved.get("pipeline_model_parallel_size")
+            or self.layout.pipeline_model_parallel_size)
+        if saved.get("padded_vocab_size") not in (None, self.fingerprint.padded_vocab_size):
+            return old  # the same layout cannot hold another padded vocabulary
+        return old if old.differs_from(self.layout) else None
 
     def load(self) -> LoadResult:
         """Load `--load` (the `latest` tag, or `--load-tag`) into the engine and the run state.
@@ -333,7 +360,7 @@ class Checkpointer:
         self._check_complete(load_dir, tag)
         verified = self._verify_checksums(load_dir, tag) if config.verify_checkpoint else None
         refuse_unsafe_files(load_dir, os.path.join(load_dir, tag))
-        self._check_fingerprint(load_dir, tag)
+        other_layout = self._check_fingerprint(load_dir, tag)
 
         finetune = config.finetune
         load_optimizer = not (config.no_load_optim or finetune)
@@ -341,12 +368,19 @@ class Checkpointer:
         if load_optimizer and manifest.get("has_optimizer_states") is False:
             raise CheckpointError(f"--load {load_dir}: checkpoint {tag} was saved with "
                                   "--no-save-optim; pass --no-load-optim or --finetune")
-        with deepspeed_loads_weights_only(self.engine):
-            path, client = self.engine.load_checkpoint(
-                load_dir, tag=tag, load_optimizer_states=load_optimizer,
-                load_lr_scheduler_states=False, load_module_only=finetune)
-        if path is None:
-            raise CheckpointError(f"--load {load_dir}: DeepSpeed could not load checkpoint {tag}")
+        if other_layout is not None:
+            print_rank_0(f"> checkpoint {tag} was saved on {other_layout}; resuming on "
+                         f"{self.layout}: re-splitting its weights"
+                         f"{' and optimizer state' if load_optimizer else ''}")
+            client = self.load_other_layout(load_dir, tag, load_optimizer=load_optimizer)
+        else:
+            with deepspeed_loads_weights_only(self.engine):
+                path, client = self.engine.load_checkpoint(
+                    load_dir, tag=tag, load_optimizer_states=load_optimizer,
+                    load_lr_scheduler_states=False, load_module_only=finetune)
+            if path is None:
+                raise CheckpointError(f"--load {load_dir}: DeepSpeed could not load checkpoint "
+                                      f"{tag}")
         client = client or {}
         result = LoadResult(tag=tag)
         if finetune:
@@ -368,7 +402,10 @@ class Checkpointer:
             self.scheduler.load_state_dict(scheduler_state)
         result.iteration = self.state.iteration
 
-        if not config.no_load_rng:
+        if other_layout is not None:
+            print_rank_0(f"> random states cannot carry over from {other_layout} to "
+                         f"{self.layout}: they restart from --seed")
+        elif not config.no_load_rng:
             rng_path = os.path.join(load_dir, tag, rng_file_name(_rank()))
             saved_world = manifest.get("world_size")
             if os.path.isfile(rng_path) and saved_world in (None, _world_size()):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterable, List
 
 # Each field, with the flag a user changes to make it match.
 _FLAGS = {
@@ -33,10 +33,13 @@ class ModelFingerprint:
         """The fingerprint of a complete model configuration (`TransformerConfig`)."""
         return cls(**{name: getattr(model_config, name) for name in _FLAGS})
 
-    def mismatches(self, saved: Dict[str, Any]) -> List[str]:
-        """'flag: checkpoint X, flags Y' for every field the checkpoint records differently."""
+    def mismatches(self, saved: Dict[str, Any], *, ignore: Iterable[str] = ()) -> List[str]:
+        """'flag: checkpoint X, flags Y' for every field the checkpoint records differently
+        (fields in `ignore` aside)."""
         found = []
         for name, value in asdict(self).items():
+            if name in ignore:
+                continue
             if name in saved and saved[name] is not None and saved[name] != value:
                 found.append(f"{_FLAGS[name]}: checkpoint {saved[name]}, flags {value}")
         return found
@@ -45,3 +48,7 @@ class ModelFingerprint:
 def fingerprint_from_upstream_args(args: Any) -> Dict[str, Any]:
     """The fingerprint fields an upstream checkpoint's `args` Namespace records (None if absent)."""
     return {name: getattr(args, name, None) for name in _FLAGS}
+
+
+LAYOUT_FIELDS = ("tensor_model_parallel_size", "pipeline_model_parallel_size")
+"""The fingerprint fields that describe the split, not the model."""

@@ -12,6 +12,8 @@ import glob
 import json
 import os
 import re
+from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 LATEST_FILE = "latest"
@@ -20,6 +22,60 @@ MANIFEST_FILE = "megatron_manifest.json"
 STAGING_SUFFIX = ".saving"
 REPLACED_SUFFIX = ".replaced"
 _TAG_PATTERN = re.compile(r"^global_step(\d+)$")
+_OPTIMIZER_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+_LAYER_FILE = re.compile(r"^layer_\d+-model_\d+-model_states\.pt$")
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """How a run splits the model: what a checkpoint's files depend on."""
+
+    tensor_model_parallel_size: int
+    pipeline_model_parallel_size: int
+    data_parallel_size: int
+    """0 when unknown (a checkpoint without ZeRO optimizer files)."""
+    pipeline_engine: bool
+
+    def __str__(self) -> str:
+        data = f" x DP{self.data_parallel_size}" if self.data_parallel_size else ""
+        engine = "pipeline engine" if self.pipeline_engine else "ZeRO engine"
+        return (f"TP{self.tensor_model_parallel_size} x PP{self.pipeline_model_parallel_size}"
+                f"{data} ({engine})")
+
+    def differs_from(self, other: "ParallelLayout") -> bool:
+        """Loading one into the other needs the tensors re-split (an unknown data-parallel
+        size matches any)."""
+        data_differs = (self.data_parallel_size and other.data_parallel_size
+                        and self.data_parallel_size != other.data_parallel_size)
+        return bool(data_differs) or (
+            (self.tensor_model_parallel_size, self.pipeline_model_parallel_size,
+             self.pipeline_engine)
+            != (other.tensor_model_parallel_size, other.pipeline_model_parallel_size,
+                other.pipeline_engine))
+
+
+def optimizer_files(tag_dir: str) -> Dict[int, List[str]]:
+    """Model-parallel rank -> its ZeRO optimizer files, in data-parallel rank order."""
+    by_model_rank: Dict[int, Dict[int, str]] = defaultdict(dict)
+    for name in os.listdir(tag_dir):
+        match = _OPTIMIZER_FILE.match(name)
+        if match:
+            by_model_rank[int(match.group(2))][int(match.group(1))] = name
+    return {rank: [files[d] for d in sorted(files)] for rank, files in by_model_rank.items()}
+
+
+def saved_layout(tag_dir: str, *, tensor_model_parallel_size: int,
+                 pipeline_model_parallel_size: int) -> ParallelLayout:
+    """The layout of a checkpoint folder whose fingerprint records the TP and PP sizes: the
+    engine from its files (per-layer files: pipeline engine), the data-parallel size from
+    its ZeRO optimizer files."""
+    names = os.listdir(tag_dir)
+    files = optimizer_files(tag_dir)
+    return ParallelLayout(
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
+        data_parallel_size=len(files[min(files)]) if files else 0,
+        pipeline_engine=any(_LAYER_FILE.match(name) for name in names))
 
 
 def tag_of_iteration(iteration: int) -> str:

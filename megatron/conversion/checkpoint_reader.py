@@ -129,6 +129,17 @@ def _pipeline_name(name: str, index: int, num_layers: int) -> str:
     raise CheckpointError(f"unexpected key {name!r} in the LM-head file layer_{index:02d}")
 
 
+def pipeline_parameter_name(name: str, *, num_layers: int) -> str:
+    """GPTModelPipe's parameter name (`tied_modules.embed.word_embeddings.weight`,
+    `3.self_attention.dense.weight`, `<L+2>.weight`) -> GPTModel's."""
+    if name.startswith("tied_modules.embed."):
+        return _EMBEDDING_PREFIX + name[len("tied_modules.embed."):]
+    index, _, rest = name.partition(".")
+    if not index.isdigit() or not rest:
+        raise CheckpointError(f"unexpected pipeline parameter name {name!r}")
+    return _pipeline_name(rest, int(index), num_layers)
+
+
 def _check_folder(load_dir: str, tag: str, *, verify_checksums: bool) -> None:
     tag_dir = os.path.join(load_dir, tag)
     missing = missing_files(tag_dir)

@@ -1,5 +1,6 @@
 """Set up a pretraining run from a validated configuration and run it."""
 import argparse
+import functools
 import time
 from typing import Optional
 
@@ -24,6 +25,7 @@ def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = No
     that order. `args` (the parsed flags) is stored in checkpoints as upstream does;
     `save_hooks` are the checkpoint fault-injection points tests use."""
     from megatron.checkpointing import Checkpointer, ModelFingerprint
+    from megatron.training.layout_change import load_on_other_layout
     from megatron.config.scheduler_args import optimizer_param_scheduler_kwargs
     from megatron.training.data_iterators import build_data_iterators
     from megatron.training.engine import BatchOptions, TrainingEngine
@@ -86,7 +88,12 @@ def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = No
     checkpointer = Checkpointer(engine=engine.engine, scheduler=scheduler, state=state,
                                 config=config.checkpoint,
                                 fingerprint=ModelFingerprint.of(config.model), args=args,
-                                save_hooks=save_hooks)
+                                save_hooks=save_hooks, layout=_parallel_layout(config),
+                                load_other_layout=functools.partial(
+                                    load_on_other_layout, engine.engine, config.model,
+                                    pipeline=parallel.pipeline_engine,
+                                    vocab_size=tokenizer.vocab_size,
+                                    make_vocab_size_divisible_by=data.make_vocab_size_divisible_by))
     checkpointer.load()
     # The loaders start at the loaded consumed-samples count; the RNG states are restored
     # after everything that draws random numbers while being built.
@@ -127,6 +134,18 @@ def _scalar_writer(config: TrainingConfig, args: Optional[argparse.Namespace]):
                                    save_dir=logging.wandb_save_dir,
                                    run_config=vars(plain_args(args)) if args is not None else {}))
     return writers[0] if len(writers) == 1 else ScalarWriters(writers)
+
+
+def _parallel_layout(config: TrainingConfig):
+    from megatron.checkpointing.layout import ParallelLayout
+
+    parallel = config.parallel
+    zero_partitions = parallel.zero_stage >= 1 or config.precision.dtype == "bf16"
+    return ParallelLayout(
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        data_parallel_size=parallel.data_parallel_size if zero_partitions else 0,
+        pipeline_engine=parallel.pipeline_engine)
 
 
 def _batch_sizes(config: TrainingConfig):

@@ -161,8 +161,8 @@ def test_scheduler_flags_against_the_checkpoint(dataset, saved_run):
     (["--hidden-size", "128"], 1, "--hidden-size: checkpoint 64, flags 128"),
     (["--num-layers", "3"], 1, "--num-layers: checkpoint 2, flags 3"),
     (["--vocab-size", "1000"], 1, "padded vocabulary size"),
-    (["--tensor-model-parallel-size", "2"], 2, "--tensor-model-parallel-size: checkpoint 1, flags 2"),
-], ids=["hidden", "layers", "vocab", "tp"])
+    (["--num-attention-heads", "8"], 1, "--num-attention-heads: checkpoint 4, flags 8"),
+], ids=["hidden", "layers", "vocab", "heads"])
 def test_mismatching_checkpoint_is_refused(dataset, saved_run, flags, procs, expected):
     code, output = _run_failing(_args(dataset, "--no-pipeline-parallel", "--load", str(saved_run[0]),
                                       *flags), num_procs=procs)

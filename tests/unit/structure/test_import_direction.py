@@ -28,7 +28,7 @@ ALLOWED = {
     "inference": {"core", "model", "tokenizer", "config", "checkpointing", "conversion",
                   "initialize", "fused_kernels"},
     "training": {"core", "model", "data", "tokenizer", "fused_kernels", "config", "arguments",
-                 "checkpointing", "initialize"},
+                 "checkpointing", "conversion", "initialize"},
 }
 
 
