@@ -31,7 +31,8 @@ from megatron.checkpointing.integrity import damaged_files, shared_checksums
 from megatron.checkpointing.layout import (LATEST_FILE, MANIFEST_FILE, REPLACED_SUFFIX,
                                            STAGING_SUFFIX, TRACKER_FILE, ParallelLayout,
                                            atomic_write_text, fsync_directory, missing_files,
-                                           read_latest_tag, read_manifest, rng_file_name,
+                                           read_latest_tag, read_manifest,
+                                           recover_interrupted_saves, rng_file_name,
                                            saved_layout, tag_of_iteration, tags_newest_first)
 from megatron.checkpointing.rng import capture_rng_states, restore_rng_states
 from megatron.checkpointing.safe_load import (check_tag, deepspeed_loads_weights_only, load_file,
@@ -201,6 +202,7 @@ class Checkpointer:
                 shutil.rmtree(staging_dir)  # left by a save that crashed
         _barrier()
 
+        self.save_hooks.before_engine_files(iteration=iteration, tag=tag, staging_dir=staging_dir)
         save_optim = not self.config.no_save_optim
         zero_flag = getattr(self.engine, "save_zero_checkpoint", None)
         if not save_optim and zero_flag is not None:
@@ -250,6 +252,15 @@ class Checkpointer:
                           has_optimizer_states=not self.config.no_save_optim,
                           has_rng_states=not self.config.no_save_rng,
                           save_hooks=self.save_hooks)
+
+    def recover_interrupted_saves(self) -> None:
+        """At start-up, before loading: undo what a save killed midway left in `--save`
+        (rank 0 works, every rank waits)."""
+        save_dir = self.config.save
+        if save_dir and _rank() == 0 and os.path.isdir(save_dir):
+            for line in recover_interrupted_saves(save_dir):
+                print_rank_0(f"> {line}")
+        _barrier()
 
     # -- loading ----------------------------------------------------------------------------
 

@@ -9,6 +9,9 @@ decides what a save does.
 class SaveHooks:
     """Called by `Checkpointer.save` at its phases; override to inject faults."""
 
+    def before_engine_files(self, *, iteration: int, tag: str, staging_dir: str) -> None:
+        """The staging folder exists (empty); no rank has written anything yet."""
+
     def after_engine_files(self, *, iteration: int, tag: str, staging_dir: str) -> None:
         """DeepSpeed wrote its files into the staging folder; nothing is committed yet."""
 

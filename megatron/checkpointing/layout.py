@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import re
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -176,3 +177,39 @@ def newest_complete_tag(load_dir: str) -> Optional[str]:
         if not missing_files(os.path.join(load_dir, tag)):
             return tag
     return None
+
+
+def recover_interrupted_saves(save_dir: str) -> List[str]:
+    """Clean up after saves that were killed (docs/formats.md, 3C): a staging folder
+    `global_stepN.saving/` is deleted; a `global_stepN.replaced/` (an older save of the same
+    step, moved aside) is moved back when the new folder never arrived, else deleted; an
+    iteration tracker left behind `latest` is brought level with it. Returns one line per
+    action."""
+    done = []
+    for entry in sorted(os.listdir(save_dir)):
+        path = os.path.join(save_dir, entry)
+        if not os.path.isdir(path):
+            continue
+        if entry.endswith(STAGING_SUFFIX) and _TAG_PATTERN.match(entry[:-len(STAGING_SUFFIX)]):
+            shutil.rmtree(path)
+            done.append(f"removed {path}, left by a save that did not finish")
+        elif entry.endswith(REPLACED_SUFFIX) and _TAG_PATTERN.match(entry[:-len(REPLACED_SUFFIX)]):
+            final = path[:-len(REPLACED_SUFFIX)]
+            if os.path.exists(final):
+                shutil.rmtree(path)
+                done.append(f"removed {path}, the older copy of a step saved again")
+            else:
+                os.rename(path, final)
+                fsync_directory(save_dir)
+                done.append(f"restored {final} from {path}: a save of that step did not finish")
+    latest = read_latest_tag(save_dir)
+    match = _TAG_PATTERN.match(latest or "")
+    tracker = os.path.join(save_dir, TRACKER_FILE)
+    if match and os.path.isdir(os.path.join(save_dir, latest)) and os.path.isfile(tracker):
+        with open(tracker) as handle:
+            recorded = handle.read().strip()
+        if recorded != match.group(1):
+            atomic_write_text(tracker, match.group(1))
+            done.append(f"{tracker} said {recorded!r}; set to {match.group(1)}, the iteration "
+                        f"of {LATEST_FILE} ({latest}): a save stopped between the two writes")
+    return done

@@ -94,6 +94,7 @@ def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = No
                                     pipeline=parallel.pipeline_engine,
                                     vocab_size=tokenizer.vocab_size,
                                     make_vocab_size_divisible_by=data.make_vocab_size_divisible_by))
+    checkpointer.recover_interrupted_saves()
     checkpointer.load()
     # The loaders start at the loaded consumed-samples count; the RNG states are restored
     # after everything that draws random numbers while being built.

@@ -2,7 +2,8 @@
 
 STALL_IN_SAVE="PHASE:ITERATION:SECONDS" (PHASE a `megatron.checkpointing.SaveHooks` method,
 e.g. after_engine_files) makes every rank that reaches PHASE of that iteration's save print a
-marker line and sleep, so a test can kill it there deterministically. The fault reaches the
+marker line and sleep, so a test can kill it there deterministically; STALL_RANKS="1,3"
+limits the stall to those global ranks (the others go on until they wait for them). The fault reaches the
 product only through the `save_hooks` seam; not part of the product.
 """
 import os
@@ -23,9 +24,12 @@ def stalling_hooks(spec: str):
     class StallingHooks(SaveHooks):
         pass
 
+    ranks = os.environ.get("STALL_RANKS")
+    stalling = None if not ranks else {int(rank) for rank in ranks.split(",")}
+
     def stall(self, **where):
-        if where["iteration"] == int(iteration):
-            rank = os.environ.get("RANK", "0")
+        rank = os.environ.get("RANK", "0")
+        if where["iteration"] == int(iteration) and (stalling is None or int(rank) in stalling):
             print(f"[rank {rank}] test hook: stalling {seconds} s at {phase} of {where['tag']}",
                   flush=True)
             time.sleep(float(seconds))

@@ -31,3 +31,23 @@ def test_layout_of_upstream_checkpoints():
     assert saved_layout(str(FIXTURES / "checkpoint_pp2" / "global_step5"),
                         tensor_model_parallel_size=1, pipeline_model_parallel_size=2
                         ) == _layout(pp=2)
+
+
+def test_recover_interrupted_saves(tmp_path):
+    from megatron.checkpointing.layout import recover_interrupted_saves
+
+    for folder in ("global_step3", "global_step3.replaced", "global_step6.saving",
+                   "global_step9.replaced", "not_a_step.saving"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "file").write_text(folder)
+    (tmp_path / "latest").write_text("global_step9")
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("6")
+    actions = recover_interrupted_saves(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "global_step3", "global_step9", "latest", "latest_checkpointed_iteration.txt",
+        "not_a_step.saving"]
+    assert (tmp_path / "global_step3" / "file").read_text() == "global_step3"
+    assert (tmp_path / "global_step9" / "file").read_text() == "global_step9.replaced"
+    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text() == "9"
+    assert len(actions) == 4 and any("restored" in line for line in actions)
+    assert recover_interrupted_saves(str(tmp_path)) == []

@@ -1,0 +1,68 @@
+"""SIGKILL of every rank at each phase of a save, with 2 ranks (DP2 on the ZeRO engine, PP2 on
+the pipeline engine): the newest `latest` always loads, the resumed run continues with the
+uninterrupted run's losses and ends with its weights (bit-identical: same layout, dropout on,
+random states restored), and nothing a killed save left behind survives the next start.
+
+Kill points (`megatron.checkpointing.SaveHooks`, reached through tests/functional/fault_entry.py):
+before any file; after one rank wrote its files while the other has not started (only rank 1
+stalls before DeepSpeed's files); after DeepSpeed's files; before the commit; after the rename
+and before the trackers; between the two tracker writes.
+"""
+import pytest
+
+from tests import processes
+from tests.functional.launch import losses_by_iteration, run_pretrain
+from tests.functional.test_checkpointing import N, _args, _read_until, _start, _weights, dataset  # noqa: F401
+
+pytestmark = pytest.mark.slow
+FAULT_ENTRY = str(__import__("pathlib").Path(__file__).parent / "fault_entry.py")
+LAYOUTS = {"dp2": ["--no-pipeline-parallel"], "pp2": ["--pipeline-model-parallel-size", "2"]}
+# name -> (layout, phase, ranks that stall or None for all, the tag `latest` names after it)
+KILLS = {
+    "dp2 before any file": ("dp2", "before_engine_files", None, N),
+    "dp2 one rank wrote": ("dp2", "before_engine_files", "1", N),
+    "dp2 after engine files": ("dp2", "after_engine_files", None, N),
+    "dp2 before commit": ("dp2", "before_commit", None, N),
+    "dp2 after rename": ("dp2", "after_rename", None, N),
+    "dp2 between trackers": ("dp2", "between_trackers", None, 2 * N),
+    "pp2 one rank wrote": ("pp2", "before_engine_files", "1", N),
+    "pp2 before commit": ("pp2", "before_commit", None, N),
+    "pp2 between trackers": ("pp2", "between_trackers", None, 2 * N),
+}
+_references = {}
+
+
+def _reference(dataset, layout, tmp_path_factory):
+    if layout not in _references:
+        directory = tmp_path_factory.mktemp(f"straight-{layout}")
+        output = run_pretrain(_args(dataset, *LAYOUTS[layout], "--save", str(directory),
+                                    "--save-interval", str(N)), num_procs=2)
+        _references[layout] = (losses_by_iteration(output), _weights(directory / f"global_step{2 * N}"))
+    return _references[layout]
+
+
+@pytest.mark.parametrize("kill", list(KILLS))
+def test_kill_at_each_phase_of_a_save(kill, dataset, tmp_path, tmp_path_factory):
+    layout, phase, ranks, latest_after = KILLS[kill]
+    losses, weights = _reference(dataset, layout, tmp_path_factory)
+    directory = tmp_path / "checkpoints"
+    args = _args(dataset, *LAYOUTS[layout], "--save", str(directory), "--save-interval", str(N))
+    env = {"STALL_IN_SAVE": f"{phase}:{2 * N}:300", **({"STALL_RANKS": ranks} if ranks else {})}
+    process = _start(args, num_procs=2, env=env, script=FAULT_ENTRY)
+    try:
+        _read_until(process, f"stalling 300 s at {phase} of global_step{2 * N}")
+    finally:
+        processes.kill_group(process)  # SIGKILL to every rank: no handler, no cleanup
+    assert (directory / "latest").read_text() == f"global_step{latest_after}"
+
+    resumed = run_pretrain([*args, "--load", str(directory)], num_procs=2)
+    assert f"loaded checkpoint global_step{latest_after}" in resumed
+    assert losses_by_iteration(resumed) == {i: loss for i, loss in losses.items() if i > latest_after}
+    assert (directory / "latest").read_text() == f"global_step{2 * N}"
+    assert (directory / "latest_checkpointed_iteration.txt").read_text() == str(2 * N)
+    leftovers = [p.name for p in directory.iterdir() if p.name.endswith((".saving", ".replaced"))]
+    assert not leftovers
+    final = _weights(directory / f"global_step{2 * N}")
+    assert final.keys() == weights.keys()
+    for name, tensor in weights.items():
+        assert (final[name] == tensor).all(), name
