@@ -80,6 +80,19 @@ def _broadcast_from_rank_0(value: Any) -> Any:
     return holder[0]
 
 
+def _ranks_where(condition: bool) -> List[int]:
+    """The ranks on which `condition` holds, on every rank (collective)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [0] if condition else []
+    from deepspeed.accelerator import get_accelerator
+
+    flags = torch.zeros(dist.get_world_size(), dtype=torch.int32,
+                        device=get_accelerator().current_device_name())
+    flags[dist.get_rank()] = int(condition)
+    dist.all_reduce(flags)
+    return [rank for rank, flag in enumerate(flags.tolist()) if flag]
+
+
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
@@ -203,26 +216,16 @@ class Checkpointer:
         _barrier()
 
         self.save_hooks.before_engine_files(iteration=iteration, tag=tag, staging_dir=staging_dir)
-        save_optim = not self.config.no_save_optim
-        zero_flag = getattr(self.engine, "save_zero_checkpoint", None)
-        if not save_optim and zero_flag is not None:
-            self.engine.save_zero_checkpoint = False
-        try:
-            self.engine.save_checkpoint(save_dir, tag=staging, client_state=self._client_state(),
-                                        save_latest=False)
-        finally:
-            if zero_flag is not None:
-                self.engine.save_zero_checkpoint = zero_flag
-        if not save_optim and _rank() == 0:
-            self._strip_optimizer_from_model_states(staging_dir)
-
-        self.save_hooks.after_engine_files(iteration=iteration, tag=tag, staging_dir=staging_dir)
-
-        if not self.config.no_save_rng:
-            rng_path = os.path.join(staging_dir, rng_file_name(_rank()))
-            torch.save(capture_rng_states(), rng_path + ".tmp")
-            os.replace(rng_path + ".tmp", rng_path)
-        _barrier()
+        failure = self._write_files(save_dir, staging, staging_dir, iteration=iteration, tag=tag)
+        failed_ranks = _ranks_where(failure is not None)
+        if failed_ranks:
+            if _rank() == 0:
+                shutil.rmtree(staging_dir, ignore_errors=True)
+            reason = f": {failure}" if failure is not None else ""
+            raise CheckpointError(f"--save {save_dir}: writing checkpoint {tag} failed on rank"
+                                  f"{'s' if len(failed_ranks) > 1 else ''} "
+                                  f"{', '.join(map(str, failed_ranks))}{reason}; the previous "
+                                  f"checkpoint and the tracker files are untouched")
         checksum_start = time.monotonic()
         checksums = shared_checksums(staging_dir, _broadcast_from_rank_0(
             _relative_files(staging_dir) if _rank() == 0 else None))
@@ -234,6 +237,37 @@ class Checkpointer:
         print_rank_0(f"> saved checkpoint {tag} (iteration {iteration}) to {save_dir} "
                      f"in {time.monotonic() - start:.2f} s (checksums {checksum_seconds:.2f} s)")
         return True
+
+    def _write_files(self, save_dir: str, staging: str, staging_dir: str, *, iteration: int,
+                     tag: str) -> Optional[BaseException]:
+        """This rank's files into the staging folder: DeepSpeed's, then the random states.
+        A write error (a full disk, a quota) is returned, not raised, so that every rank
+        still reaches the collectives the others wait in and all can stop together."""
+        save_optim = not self.config.no_save_optim
+        zero_flag = getattr(self.engine, "save_zero_checkpoint", None)
+        if not save_optim and zero_flag is not None:
+            self.engine.save_zero_checkpoint = False
+        try:
+            self.engine.save_checkpoint(save_dir, tag=staging, client_state=self._client_state(),
+                                        save_latest=False)
+        except (OSError, RuntimeError) as error:
+            _barrier()  # the other ranks wait in the barrier that ends DeepSpeed's save
+            return error
+        finally:
+            if zero_flag is not None:
+                self.engine.save_zero_checkpoint = zero_flag
+        try:
+            if not save_optim and _rank() == 0:
+                self._strip_optimizer_from_model_states(staging_dir)
+            self.save_hooks.after_engine_files(iteration=iteration, tag=tag,
+                                               staging_dir=staging_dir)
+            if not self.config.no_save_rng:
+                rng_path = os.path.join(staging_dir, rng_file_name(_rank()))
+                torch.save(capture_rng_states(), rng_path + ".tmp")
+                os.replace(rng_path + ".tmp", rng_path)
+        except (OSError, RuntimeError) as error:
+            return error
+        return None
 
     def _strip_optimizer_from_model_states(self, staging_dir: str) -> None:
         """--no-save-optim without ZeRO: DeepSpeed puts the optimizer into the model states."""

@@ -3,7 +3,10 @@
 STALL_IN_SAVE="PHASE:ITERATION:SECONDS" (PHASE a `megatron.checkpointing.SaveHooks` method,
 e.g. after_engine_files) makes every rank that reaches PHASE of that iteration's save print a
 marker line and sleep, so a test can kill it there deterministically; STALL_RANKS="1,3"
-limits the stall to those global ranks (the others go on until they wait for them). The fault reaches the
+limits the stall to those global ranks (the others go on until they wait for them).
+FAIL_WRITES_IN_SAVE="ITERATION" instead makes file writes fail on those ranks from the start of
+that iteration's save (RLIMIT_FSIZE of 1 KiB, SIGXFSZ ignored: a write beyond it fails with
+EFBIG, as on a full disk). The fault reaches the
 product only through the `save_hooks` seam; not part of the product.
 """
 import os
@@ -38,11 +41,31 @@ def stalling_hooks(spec: str):
     return StallingHooks()
 
 
+def failing_hooks(iteration: str):
+    import resource
+    import signal
+
+    from megatron.checkpointing import SaveHooks
+
+    ranks = os.environ.get("STALL_RANKS")
+    failing = None if not ranks else {int(rank) for rank in ranks.split(",")}
+
+    class FailingHooks(SaveHooks):
+        def before_engine_files(self, **where):
+            rank = int(os.environ.get("RANK", "0"))
+            if where["iteration"] == int(iteration) and (failing is None or rank in failing):
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    return FailingHooks()
+
+
 def main() -> int:
     import pretrain_gpt
 
-    spec = os.environ.get("STALL_IN_SAVE")
-    return pretrain_gpt.main(sys.argv[1:], save_hooks=stalling_hooks(spec) if spec else None)
+    stall, fail = os.environ.get("STALL_IN_SAVE"), os.environ.get("FAIL_WRITES_IN_SAVE")
+    hooks = stalling_hooks(stall) if stall else failing_hooks(fail) if fail else None
+    return pretrain_gpt.main(sys.argv[1:], save_hooks=hooks)
 
 
 if __name__ == "__main__":

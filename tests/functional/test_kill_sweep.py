@@ -8,10 +8,12 @@ before any file; after one rank wrote its files while the other has not started 
 stalls before DeepSpeed's files); after DeepSpeed's files; before the commit; after the rename
 and before the trackers; between the two tracker writes.
 """
+import os
+
 import pytest
 
 from tests import processes
-from tests.functional.launch import losses_by_iteration, run_pretrain
+from tests.functional.launch import REPO_ROOT, losses_by_iteration, pretrain_command, run_pretrain
 from tests.functional.test_checkpointing import N, _args, _read_until, _start, _weights, dataset  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -66,3 +68,28 @@ def test_kill_at_each_phase_of_a_save(kill, dataset, tmp_path, tmp_path_factory)
     assert final.keys() == weights.keys()
     for name, tensor in weights.items():
         assert (final[name] == tensor).all(), name
+
+
+@pytest.mark.parametrize("ranks", ["1", None], ids=["one rank", "every rank"])
+def test_a_failed_write_ends_the_run_and_keeps_the_previous_checkpoint(ranks, dataset, tmp_path,
+                                                                       tmp_path_factory):
+    losses, _ = _reference(dataset, "dp2", tmp_path_factory)
+    directory = tmp_path / "checkpoints"
+    args = _args(dataset, *LAYOUTS["dp2"], "--save", str(directory), "--save-interval", str(N))
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "FAIL_WRITES_IN_SAVE": str(2 * N), **({"STALL_RANKS": ranks} if ranks else {})}
+    completed = processes.run(pretrain_command(num_procs=2, script=FAULT_ENTRY) + args,
+                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode != 0, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("pretrain_gpt.py: error:")]
+    assert len(errors) == 2, output[-3000:]  # one line per rank, nobody left waiting
+    failed = "rank 1" if ranks else "ranks 0, 1"
+    for line in errors:
+        assert (f"--save {directory}: writing checkpoint global_step{2 * N} failed on {failed}"
+                in line and "the previous checkpoint and the tracker files are untouched" in line)
+    assert (directory / "latest").read_text() == f"global_step{N}"
+    assert (directory / "latest_checkpointed_iteration.txt").read_text() == str(N)
+    assert sorted(p.name for p in directory.iterdir() if p.is_dir()) == [f"global_step{N}"]
+    resumed = run_pretrain([*args, "--load", str(directory)], num_procs=2)
+    assert losses_by_iteration(resumed) == {i: loss for i, loss in losses.items() if i > N}
