@@ -6,7 +6,9 @@ random states restored), and nothing a killed save left behind survives the next
 Kill points (`megatron.checkpointing.SaveHooks`, reached through tests/functional/fault_entry.py):
 before any file; after one rank wrote its files while the other has not started (only rank 1
 stalls before DeepSpeed's files); after DeepSpeed's files; before the commit; after the rename
-and before the trackers; between the two tracker writes.
+and before the trackers; between the two tracker writes. Also: a write error during a save
+(a full disk) on one rank or on all, and SIGTERM with --exit-signal-handler then a resume:
+both continue exactly as the uninterrupted run.
 """
 import os
 
@@ -93,3 +95,29 @@ def test_a_failed_write_ends_the_run_and_keeps_the_previous_checkpoint(ranks, da
     assert sorted(p.name for p in directory.iterdir() if p.is_dir()) == [f"global_step{N}"]
     resumed = run_pretrain([*args, "--load", str(directory)], num_procs=2)
     assert losses_by_iteration(resumed) == {i: loss for i, loss in losses.items() if i > N}
+
+
+def test_sigterm_then_resume_continues_the_uninterrupted_run(dataset, tmp_path):
+    import signal
+
+    import psutil
+
+    iterations = 20
+    args = _args(dataset, *LAYOUTS["dp2"], "--exit-signal-handler", iterations=iterations)
+    straight = losses_by_iteration(run_pretrain(args, num_procs=2))
+    directory = tmp_path / "checkpoints"
+    saving = [*args, "--save", str(directory), "--save-interval", "1000"]
+    process = _start(saving, num_procs=2)
+    try:
+        _read_until(process, "iteration        2/")
+        ranks = [child for child in psutil.Process(process.pid).children(recursive=False)
+                 if "pretrain_gpt.py" in " ".join(child.cmdline())]
+        ranks[0].send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=120)
+    finally:
+        processes.kill_group(process)
+    assert process.returncode == 0, rest[-3000:]
+    stopped = int((directory / "latest").read_text().removeprefix("global_step"))
+    assert 2 <= stopped < iterations
+    resumed = losses_by_iteration(run_pretrain([*saving, "--load", str(directory)], num_procs=2))
+    assert resumed == {i: loss for i, loss in straight.items() if i > stopped}
