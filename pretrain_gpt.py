@@ -17,6 +17,22 @@ def _error(message: str) -> None:
     sys.stderr.flush()
 
 
+def _leave_process_group(*, together: bool) -> None:
+    """Tear the process group down before the interpreter exits: left to interpreter
+    shutdown, gloo's teardown can abort the process (exit -6) after a clean run or a one-line
+    error. `together`: every rank got here (a barrier first); after an error only this rank's
+    part is released."""
+    import torch.distributed as dist
+
+    try:
+        if dist.is_available() and dist.is_initialized():
+            if together:
+                dist.barrier()
+            dist.destroy_process_group()
+    except Exception:  # never mask the run's own outcome
+        pass
+
+
 def main(argv: Optional[List[str]] = None, *, save_hooks=None) -> int:
     """Parse, validate, build and run; 0 on success, 2 for bad flags, 1 for a failed run.
 
@@ -43,7 +59,9 @@ def main(argv: Optional[List[str]] = None, *, save_hooks=None) -> int:
         run(build_run(config, args=args, save_hooks=save_hooks))
     except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as error:
         _error(str(error))
+        _leave_process_group(together=False)
         return 1
+    _leave_process_group(together=True)
     return 0
 
 
