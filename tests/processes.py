@@ -23,12 +23,24 @@ def start(command: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen:
 
 
 def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL every process still in `process`'s group (the leader included) and reap the
+    """SIGKILL every process still in `process`'s group (the leader included) and every
+    descendant of the leader (launchers put ranks into sessions of their own), and reap the
     leader. Safe to call more than once and after the leader has exited."""
+    import psutil
+
+    try:  # torchrun starts every rank in a session of its own: find them first
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:  # nobody left in the group
         pass
+    for child in descendants:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
     process.wait()
 
 
