@@ -17,20 +17,32 @@ def _error(message: str) -> None:
     sys.stderr.flush()
 
 
-def _leave_process_group(*, together: bool) -> None:
-    """Tear the process group down before the interpreter exits: left to interpreter
-    shutdown, gloo's teardown can abort the process (exit -6) after a clean run or a one-line
-    error. `together`: every rank got here (a barrier first); after an error only this rank's
-    part is released."""
+def _leave_process_group() -> None:
+    """After a run that ended on every rank: meet, then tear the process group down while the
+    interpreter is whole (left to interpreter shutdown, gloo's teardown can abort)."""
     import torch.distributed as dist
 
     try:
         if dist.is_available() and dist.is_initialized():
-            if together:
-                dist.barrier()
+            dist.barrier()
             dist.destroy_process_group()
     except Exception:  # never mask the run's own outcome
         pass
+
+
+def exit_process(code: int) -> None:
+    """End the program with `code`. A failed run leaves at once once its line is out
+    (os._exit): tearing down a half-built DeepSpeed engine and the process group at interpreter
+    shutdown has aborted refused runs (SIGABRT, exit -6 instead of 1), and no rank waits for
+    this one. Writers were closed by the run itself."""
+    if code == 0:
+        sys.exit(0)
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: Optional[List[str]] = None, *, save_hooks=None) -> int:
@@ -59,11 +71,10 @@ def main(argv: Optional[List[str]] = None, *, save_hooks=None) -> int:
         run(build_run(config, args=args, save_hooks=save_hooks))
     except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as error:
         _error(str(error))
-        _leave_process_group(together=False)
         return 1
-    _leave_process_group(together=True)
+    _leave_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

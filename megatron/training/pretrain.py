@@ -40,6 +40,7 @@ def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = No
     parallel = config.parallel
     initialize_distributed(tensor_model_parallel_size=parallel.tensor_model_parallel_size,
                            pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+                           ds_sequence_parallel_size=parallel.ds_sequence_parallel_size,
                            timeout_minutes=parallel.distributed_timeout_minutes,
                            backend=parallel.distributed_backend)
     checkpointing = config.activation_checkpointing
@@ -142,10 +143,13 @@ def _parallel_layout(config: TrainingConfig):
 
     parallel = config.parallel
     zero_partitions = parallel.zero_stage >= 1 or config.precision.dtype == "bf16"
+    # DeepSpeed partitions over the sequence x data-parallel ranks (DeepSpeed-Ulysses ranks
+    # hold the same weights), so that many optimizer files are written.
+    partitions = parallel.data_parallel_size * parallel.ds_sequence_parallel_size
     return ParallelLayout(
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
-        data_parallel_size=parallel.data_parallel_size if zero_partitions else 0,
+        data_parallel_size=partitions if zero_partitions else 0,
         pipeline_engine=parallel.pipeline_engine)
 
 
@@ -188,7 +192,17 @@ def _save_and_exit_hook(checkpointer, exit_conditions, config: TrainingConfig):
 
 
 def run(context: RunContext) -> TrainState:
-    """Train (unless --skip-train), then evaluate on the validation and test splits."""
+    """Train (unless --skip-train), then evaluate on the validation and test splits. The
+    tensorboard/wandb writers are closed however the run ends: the last points before a failure
+    (a loss going non-finite) are the ones a user looks at."""
+    try:
+        return _train_and_evaluate(context)
+    finally:
+        if context.writer is not None:
+            context.writer.close()
+
+
+def _train_and_evaluate(context: RunContext) -> TrainState:
     config = context.config
     start = time.monotonic()
     if not config.schedule.skip_train and config.schedule.train_iters > 0:
@@ -200,17 +214,12 @@ def run(context: RunContext) -> TrainState:
         if save_dir and context.state.iteration > 0:
             context.checkpointer.save(save_dir)  # a no-op when this iteration is saved
     if context.stop_reason is not None:
-        # Stopped by an exit condition: leave now (a scheduler's grace period is short).
-        if context.writer is not None:
-            context.writer.close()
-        return context.state
+        return context.state  # stopped by an exit condition: leave now (short grace periods)
     if context.iterators.has_valid:
         evaluate(context, context.iterators.valid, prefix="the end of training for val data")
     if context.iterators.has_test:
         evaluate(context, context.iterators.test, prefix="the end of training for test data",
                  test=True)
-    if context.writer is not None:
-        context.writer.close()
     return context.state
 
 
@@ -219,5 +228,12 @@ def _parallel_layout_summary(config: TrainingConfig) -> str:
     return (f"world size {parallel.world_size}: tensor parallel {parallel.tensor_model_parallel_size}"
             f" x pipeline parallel {parallel.pipeline_model_parallel_size}"
             f" x data parallel {parallel.data_parallel_size}"
+            f"{_ulysses_summary(parallel.ds_sequence_parallel_size)}"
             f" ({'pipeline engine' if parallel.pipeline_engine else 'ZeRO engine, no pipeline'},"
             f" ZeRO stage {parallel.zero_stage}, {config.precision.dtype})")
+
+
+def _ulysses_summary(ds_sequence_parallel_size: int) -> str:
+    if ds_sequence_parallel_size == 1:
+        return ""
+    return f" x DeepSpeed-Ulysses sequence parallel {ds_sequence_parallel_size}"

@@ -68,4 +68,6 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # pretrain_gpt, megatron
-    sys.exit(main())
+    import pretrain_gpt
+
+    pretrain_gpt.exit_process(main())  # as pretrain_gpt.py itself ends

@@ -18,6 +18,8 @@ VOCAB_SIZE = 511  # NullTokenizer: ids 0..510, EOD 511; padded to 512 for TP 1, 
 _LOSS_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? lm loss: ([0-9.E+-]+) \|")
 _VALID_LINE = re.compile(r"validation loss at (.*?) \| lm loss value: ([0-9.E+-]+) \| "
                          r"lm loss PPL: ([0-9.E+-]+)")
+# A crash (e.g. SIGABRT at exit) prints every thread's Python stack: the test's failure says where.
+_CHILD_ENV = dict(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
 
 
 def write_random_dataset(prefix: Path, *, num_documents: int = 300, seed: int = 0) -> str:
@@ -78,7 +80,7 @@ def run_pretrain(args: Sequence[str], *, num_procs: int = 1, launcher: str = "to
     own process group: a timeout or a failure kills every rank, not only the launcher.
     `script`: a test entry point wrapping pretrain_gpt.py instead (e.g. consumption_entry.py)."""
     command = pretrain_command(num_procs=num_procs, launcher=launcher, script=script)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, **_CHILD_ENV)
     try:
         completed = processes.run(command + list(args), cwd=cwd, env=env, capture_output=True,
                                   text=True, timeout=timeout)
@@ -100,7 +102,7 @@ def run_pretrain_refused(args: Sequence[str], *, num_procs: int = 1,
     """pretrain_gpt.py expected to stop with an error: (exit code, its error lines, output)."""
     completed = processes.run(pretrain_command(num_procs=num_procs) + list(args), cwd=REPO_ROOT, capture_output=True,
                               text=True, timeout=timeout,
-                              env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
+                              env=dict(os.environ, **_CHILD_ENV))
     output = completed.stdout + completed.stderr
     assert completed.returncode != 0, output[-3000:]
     return completed.returncode, _ERROR_LINE.findall(output), output

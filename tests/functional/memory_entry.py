@@ -140,4 +140,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import pretrain_gpt
+
+    pretrain_gpt.exit_process(main())  # as pretrain_gpt.py itself ends

@@ -120,7 +120,7 @@ def test_crafted_file_is_refused_before_it_runs(dataset, saved, tmp_path, engine
     folder = _corrupted_copy(saved[engine], tmp_path, victim, marker=marker,
                              keep_manifest=keep_manifest)
     code, errors, output = run_pretrain_refused(_args(dataset, engine, "--load", str(folder)))
-    assert code == 1
+    assert code == 1, output[-4000:]
     assert errors == [
         f"pretrain_gpt.py: error: --load {folder}: checkpoint file "
         f"{folder / 'global_step1' / victim} needs {os.system.__module__}.system, which is not on "
@@ -134,7 +134,7 @@ def test_latest_pointing_outside_the_folder_is_refused(dataset, saved, tmp_path)
     shutil.copytree(folder / "global_step1", tmp_path / "elsewhere")
     (folder / "latest").write_text("../elsewhere")
     code, errors, output = run_pretrain_refused(_args(dataset, "zero", "--load", str(folder)))
-    assert code == 1
+    assert code == 1, output[-4000:]
     assert errors == [
         f"pretrain_gpt.py: error: --load {folder}: {folder}/latest names checkpoint "
         "'../elsewhere', which is not of the form global_stepN; pass --load-tag to load another "
