@@ -1,7 +1,8 @@
 """Test-only entry point: pretrain_gpt.py with a NaN injected into the loss.
 
 INJECT_NAN_ITERATIONS="3,5-7" makes every micro batch of those (1-based) iterations return a
-NaN loss, as a diverging model would. Used by test_training.py; not part of the product.
+NaN loss, as a diverging model would: the ZeRO engine's loss, or under the pipeline engine the
+last stage's loss function (the other stages then receive NaN gradients, as they would). Used by test_training.py; not part of the product.
 """
 import os
 import sys
@@ -20,6 +21,7 @@ def _iterations(spec: str) -> set:
 
 def main() -> int:
     import pretrain_gpt
+    from megatron.model import gpt_model_pipe
     from megatron.training.engine import TrainingEngine
 
     poisoned = _iterations(os.environ.get("INJECT_NAN_ITERATIONS", ""))
@@ -34,7 +36,14 @@ def main() -> int:
         loss = original_loss(self, data_iterator)
         return loss * float("nan") if counter["iteration"] in poisoned else loss
 
+    original_pipe_loss = gpt_model_pipe.pipe_loss
+
+    def pipe_loss(output, labels):
+        loss = original_pipe_loss(output, labels)
+        return loss * float("nan") if counter["iteration"] in poisoned else loss
+
     TrainingEngine.train_step, TrainingEngine._forward_loss = train_step, forward_loss
+    gpt_model_pipe.pipe_loss = pipe_loss  # read when the pipeline model is built
     return pretrain_gpt.main(sys.argv[1:])
 
 

@@ -1,8 +1,6 @@
 """Whole-program training runs: learning on real text, evaluation lines, non-finite losses."""
-import os
 import re
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +8,8 @@ import torch
 from tests import processes
 from tests.functional.launch import (REPO_ROOT, losses_by_iteration, run_pretrain, tiny_gpt_args,
                                      validation_results, write_random_dataset)
+from tests.functional.training_state import (assert_skipped_step_changed_nothing,
+                                             run_with_injected_nan, saved_training_state)
 
 pytestmark = pytest.mark.slow
 
@@ -108,67 +108,15 @@ def test_log_line_ends_with_peak_memory_and_eta(random_dataset):
 
 
 def _run_with_injected_nan(data_prefix, iterations, spec, extra=()):
-    env = dict(os.environ, OMP_NUM_THREADS="1", INJECT_NAN_ITERATIONS=spec)
-    return processes.run(
-        [sys.executable, str(Path(__file__).with_name("nonfinite_entry.py")),
-         *tiny_gpt_args(data_prefix, train_iters=iterations,
-                        extra=["--no-pipeline-parallel", *extra])],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
-def _tensors(value, path: str, into: dict) -> dict:
-    """Every tensor inside nested dicts/lists, keyed by its path."""
-    if torch.is_tensor(value):
-        into[path] = value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _tensors(item, f"{path}/{key}", into)
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            _tensors(item, f"{path}/{index}", into)
-    return into
-
-
-def _saved_training_state(save_dir: Path, iteration: int) -> dict:
-    """What a step may change, from the 1-rank checkpoint of `iteration`: the model's weights
-    ("module/..."), the optimizer state ("optimizer/...": AdamW's step, exp_avg and exp_avg_sq,
-    and the fp32 master weights of bf16 or ZeRO; in the ZeRO shard file from stage 1 on, in
-    the model file at stage 0) and the learning-rate scheduler's step count."""
-    step = save_dir / f"global_step{iteration}"
-    model = torch.load(step / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    zero_files = list(step.glob("*zero_pp_rank_0_mp_rank_00_optim_states.pt"))  # bf16_ prefix
-    optimizer = (torch.load(zero_files[0], map_location="cpu", weights_only=False)
-                 ["optimizer_state_dict"] if zero_files else model["optimizer"])
-    state = _tensors(model["module"], "module", {})
-    _tensors(optimizer, "optimizer", state)
-    state["scheduler steps"] = torch.tensor(model["opt_param_scheduler"]["num_steps"])
-    for part in ("exp_avg", "exp_avg_sq", "step"):
-        assert any(name.endswith(part) for name in state), f"no {part} in {sorted(state)}"
-    return state
-
-
-def _assert_skipped_step_changed_nothing(save_dir: Path, skipped: int):
-    """The checkpoints saved after iterations skipped-1 and skipped are bit-identical in
-    everything a step changes, while the next, applied, step changes all of the optimizer
-    state (so the comparison can tell)."""
-    before = _saved_training_state(save_dir, skipped - 1)
-    after = _saved_training_state(save_dir, skipped)
-    applied = _saved_training_state(save_dir, skipped + 1)
-    assert sorted(after) == sorted(before) == sorted(applied)
-    for name, tensor in before.items():
-        assert after[name].dtype == tensor.dtype and torch.equal(after[name], tensor), (
-            f"the skipped step {skipped} changed {name}")
-    unmoved = [name for name, tensor in before.items()
-               if name.startswith(("optimizer", "scheduler"))
-               and torch.equal(applied[name], tensor)]
-    assert not unmoved, f"the applied step {skipped + 1} left {unmoved} unchanged"
+    return run_with_injected_nan(data_prefix, iterations, spec,
+                                 extra=["--no-pipeline-parallel", *extra])
 
 
 def test_nonfinite_loss_is_counted_logged_and_skipped(random_dataset, tmp_path):
     completed = _run_with_injected_nan(random_dataset, 6, "3", extra=[
         "--save", str(tmp_path / "save"), "--save-interval", "1"])
     assert completed.returncode == 0, completed.stderr[-3000:]
-    _assert_skipped_step_changed_nothing(tmp_path / "save", skipped=3)
+    assert_skipped_step_changed_nothing(tmp_path / "save", skipped=3)
     lines = {int(line.split("/")[0].split()[-1]): line for line in completed.stdout.splitlines()
              if line.startswith(" iteration ")}
     assert "number of nan iterations:   1" in lines[3]
@@ -198,8 +146,8 @@ def test_skipped_step_without_zero_leaves_weights_and_optimizer_bit_identical(ra
         *(["--bf16"] if precision == "bf16" else [])])
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "number of skipped iterations:   1" in completed.stdout
-    _assert_skipped_step_changed_nothing(tmp_path / "save", skipped=3)
-    weights = _saved_training_state(tmp_path / "save", 3)
+    assert_skipped_step_changed_nothing(tmp_path / "save", skipped=3)
+    weights = saved_training_state(tmp_path / "save", 3)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     assert all(tensor.dtype == dtype
                for name, tensor in weights.items() if name.startswith("module"))
