@@ -64,6 +64,13 @@ if [ "$activation_checkpoint" = "true" ]; then deepspeed_options+=(--deepspeed-a
 launcher=(deepspeed)
 if [ -f "$HOSTFILE" ]; then launcher+=(--hostfile "$HOSTFILE"); fi
 if [ -n "${NUM_GPUS:-}" ]; then launcher+=(--num_gpus "$NUM_GPUS"); fi
+# Nodes that cannot ssh to each other (or a scheduler that starts one task per node): run
+# this script once on every node with NODE_RANK (0, 1, ...) and MASTER_ADDR (node 0's address).
+if [ -n "${NODE_RANK:-}" ]; then
+    : "${MASTER_ADDR:?set MASTER_ADDR to the address of node 0 when NODE_RANK is set}"
+    launcher+=(--no_ssh --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR")
+fi
+if [ -n "${MASTER_PORT:-}" ]; then launcher+=(--master_port "$MASTER_PORT"); fi
 log_file="$OUTPUT_DIR/log/${jobname}_$(hostname)_$(date +%Y%m%d-%H%M%S).log"
 echo "launching $jobname; log: $log_file"
 "${launcher[@]}" "$dir/../pretrain_gpt.py" "${megatron_options[@]}" "${data_options[@]}" \

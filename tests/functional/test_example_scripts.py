@@ -22,7 +22,8 @@ SCRIPTS = {  # script: (world size, tp, pp, pipeline engine)
 }
 
 
-def _record_launch(script, tmp_path):
+def _record_launch(script, tmp_path, *, whole=False, **env_extra):
+    """The arguments the script gives pretrain_gpt.py (`whole`: the launcher's too)."""
     stub_dir = tmp_path / "bin"
     stub_dir.mkdir()
     record = tmp_path / "argv.json"
@@ -33,9 +34,12 @@ def _record_launch(script, tmp_path):
     env = dict(os.environ, PATH=f"{stub_dir}:{os.environ['PATH']}", DATA_PATH="/data/pile_text_document",
                VOCAB_PATH="/data/gpt2-vocab.json", MERGE_PATH="/data/gpt2-merges.txt",
                OUTPUT_DIR=str(tmp_path / "out"), HOSTFILE=str(tmp_path / "no-hostfile"))
+    env.update(env_extra)
     processes.run(["bash", str(REPO_ROOT / "examples" / script)], env=env, check=True,
                   capture_output=True, text=True, timeout=120)
     argv = json.loads(record.read_text())
+    if whole:
+        return argv
     return argv[argv.index(next(a for a in argv if a.endswith("pretrain_gpt.py"))) + 1:]
 
 
@@ -51,3 +55,14 @@ def test_script_command_line_is_valid(script, tmp_path):
     assert config.ds_config["fp16"]["enabled"] is True
     written = json.loads(open(argv[argv.index("--deepspeed_config") + 1]).read())
     assert written["train_batch_size"] == config.batch.global_batch_size
+
+
+def test_node_rank_launches_one_node_without_ssh(tmp_path):
+    """NODE_RANK + MASTER_ADDR (+ MASTER_PORT): the launcher form of the multi-node test."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("worker-0 slots=8\nworker-1 slots=8\n")
+    argv = _record_launch("ds_pretrain_gpt_125M.sh", tmp_path, whole=True, HOSTFILE=str(hostfile),
+                          NODE_RANK="1", MASTER_ADDR="10.0.0.1", MASTER_PORT="29700")
+    launcher = argv[:argv.index(next(a for a in argv if a.endswith("pretrain_gpt.py")))]
+    assert launcher == ["--hostfile", str(hostfile), "--no_ssh", "--node_rank", "1",
+                        "--master_addr", "10.0.0.1", "--master_port", "29700"]
