@@ -6,7 +6,9 @@ marker line and sleep, so a test can kill it there deterministically; STALL_RANK
 limits the stall to those global ranks (the others go on until they wait for them).
 FAIL_WRITES_IN_SAVE="ITERATION" instead makes file writes fail on those ranks from the start of
 that iteration's save (RLIMIT_FSIZE of 1 KiB, SIGXFSZ ignored: a write beyond it fails with
-EFBIG, as on a full disk). The fault reaches the
+EFBIG, as on a full disk). MARK_SAVES=1 only prints "[rank R] test hook: PHASE of TAG" at every
+phase of every save and goes on, so a test can kill the run at a moment of its choosing
+(the random kill sweep). The fault reaches the
 product only through the `save_hooks` seam; not part of the product.
 """
 import os
@@ -60,11 +62,30 @@ def failing_hooks(iteration: str):
     return FailingHooks()
 
 
+def marking_hooks():
+    from megatron.checkpointing import SaveHooks
+
+    class MarkingHooks(SaveHooks):
+        pass
+
+    def marker(phase):
+        def mark(self, **where):
+            print(f"[rank {os.environ.get('RANK', '0')}] test hook: {phase} of {where['tag']}",
+                  flush=True)
+        return mark
+
+    for phase in ("before_engine_files", "after_engine_files", "before_commit", "after_rename",
+                  "between_trackers"):
+        setattr(MarkingHooks, phase, marker(phase))
+    return MarkingHooks()
+
+
 def main() -> int:
     import pretrain_gpt
 
     stall, fail = os.environ.get("STALL_IN_SAVE"), os.environ.get("FAIL_WRITES_IN_SAVE")
-    hooks = stalling_hooks(stall) if stall else failing_hooks(fail) if fail else None
+    hooks = (stalling_hooks(stall) if stall else failing_hooks(fail) if fail
+             else marking_hooks() if os.environ.get("MARK_SAVES") else None)
     return pretrain_gpt.main(sys.argv[1:], save_hooks=hooks)
 
 
