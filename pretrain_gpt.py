@@ -11,8 +11,16 @@ import sys
 from typing import List, Optional
 
 
+TRACEBACK_VARIABLE = "MEGATRON_TRACEBACK"
+
+
 def _error(message: str) -> None:
-    """One line on stderr, written at once so that the lines of several ranks never mix."""
+    """One line on stderr, written at once so that the lines of several ranks never mix;
+    with MEGATRON_TRACEBACK=1 in the environment, the traceback of the error comes first."""
+    if os.environ.get(TRACEBACK_VARIABLE) == "1" and sys.exc_info()[0] is not None:
+        import traceback
+
+        traceback.print_exc()
     sys.stderr.write(f"pretrain_gpt.py: error: {message}\n")
     sys.stderr.flush()
 

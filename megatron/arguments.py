@@ -173,6 +173,10 @@ def _training(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--use-flash-attn-v2", action="store_true", help="Flash attention (v2 API).")
     g.add_argument("--use-flash-attn-triton", action="store_true", help="Flash attention (Triton).")
     g.add_argument("--use-flash-attn-builder", action="store_true", help="Flash attention (DeepSpeed op builder).")
+    g.add_argument("--use-classic-attention", action="store_true",
+                   help="Always use the classic baddbmm + softmax + bmm core attention (where the "
+                        "fused softmax kernels plug in); by default each call takes the faster of "
+                        "it and scaled_dot_product_attention.")
     g.add_argument("--disable-bias-linear", action="store_false", dest="add_bias_linear",
                    help="No biases in the linear layers.")
     g.add_argument("--optimizer", type=str, default="adam", choices=["adam", "sgd"],
@@ -180,7 +184,10 @@ def _training(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dataloader-type", type=str, default=None, choices=["single", "cyclic"],
                    help="Single pass (default) or cyclic random sampling.")
     g.add_argument("--ds-inference", action="store_true", help="DeepSpeed inference engine.")
-    g.add_argument("--cpu-optimizer", action="store_true", help="Run the optimizer on CPU.")
+    g.add_argument("--cpu-optimizer", action="store_true",
+                   help="DeepSpeed's CPU Adam, for ZeRO-Offload: needs \"zero_optimization\": "
+                        "{\"offload_optimizer\": {\"device\": \"cpu\"}} in --deepspeed_config, "
+                        "ZeRO stage 1 or 2 and --no-pipeline-parallel.")
     g.add_argument("--torch_adam", action="store_true", help="Use torch's Adam (always the case here).")
     g.add_argument("--ds_fused_adam", action="store_true", help="Use DeepSpeed's FusedAdam.")
     g.add_argument("--no-pipeline-parallel", action="store_true",
@@ -194,7 +201,11 @@ def _training(parser: argparse.ArgumentParser) -> None:
                    help="Do not use apex's persistent layer-norm kernel.")
     g.add_argument("--sequence-parallel", action="store_true",
                    help="Megatron sequence parallelism (needs tensor parallelism).")
-    g.add_argument("--ds-sequence-parallel-size", type=int, default=1, help="DeepSpeed-Ulysses sequence parallel size.")
+    g.add_argument("--ds-sequence-parallel-size", type=int, default=1,
+                   help="DeepSpeed-Ulysses sequence parallelism: ranks that split each sample's "
+                   "sequence, exchanging attention heads by all-to-all (needs --no-pipeline-parallel "
+                   "and tensor/pipeline parallel size 1; --seq-length and --num-attention-heads "
+                   "divisible by it). Data parallel size = world size / (TP x PP x this).")
     g.add_argument("--force-ds-sequence-parallel", action="store_true", help="Force DeepSpeed sequence parallelism.")
     g.add_argument("--ds-sequence-parallel-fpdt", action="store_true", help="DeepSpeed FPDT sequence parallelism.")
     g.add_argument("--ds-sequence-parallel-fpdt-chunk-size", type=int, default=65536, help="FPDT chunk size.")
@@ -283,7 +294,9 @@ def _distributed(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pipeline-model-parallel-split-rank", type=int, default=None,
                    help="Encoder/decoder split rank.")
     g.add_argument("--pipeline-partition-method", type=str, default="parameters",
-                   help="DeepSpeed PipelineModule partition method: parameters, uniform or type:<regex>.")
+                   help="DeepSpeed PipelineModule partition method: parameters, uniform or type:<regex>; or "
+                        "flops: stages balanced by estimated training FLOPs, the embedding and LM head "
+                        "included (faster when the head is a large share of the model).")
     g.add_argument("--moe-expert-parallel-size", type=int, default=1, help="MoE expert-parallel size.")
     g.add_argument("--model-parallel-size", type=int, default=None,
                    help="Removed; use --tensor-model-parallel-size.")
@@ -372,7 +385,8 @@ def _autoresume(parser: argparse.ArgumentParser) -> None:
 
 def _zero(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("ZeRO configurations", "Merged into the DeepSpeed JSON's zero_optimization.")
-    g.add_argument("--zero-stage", type=int, default=1.0, help="ZeRO stage (0-3; 2 and 3 need PP=1).")
+    g.add_argument("--zero-stage", type=int, default=1.0, help="ZeRO stage (0-3; 2 and 3 need --no-pipeline-parallel; "
+                        "3 saves the weights only in its shard files, so not with --no-save-optim).")
     g.add_argument("--zero-reduce-scatter", action="store_true", help="zero_optimization.reduce_scatter.")
     g.add_argument("--zero-contigious-gradients", action="store_true",
                    help="zero_optimization.contiguous_gradients.")
@@ -444,11 +458,19 @@ _GROUPS = (_network_size, _regularization, _training, _initialization, _learning
            _run_safety_and_reporting)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A bad flag is one line on stderr (exit code 2): argparse's usage of some 300 flags,
+    printed by every rank, would bury it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+
+
 def build_parser(extra_args_provider: Optional[_ExtraArgsProvider] = None) -> argparse.ArgumentParser:
     """Return the parser with every flag (DeepSpeed's `--deepspeed`/`--deepspeed_config` included)."""
     import deepspeed  # deferred: importing deepspeed is slow and not needed to import this module
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         description="GPT pretraining on DeepSpeed (Megatron-DeepSpeed compatible flags).",
         allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for add_group in _GROUPS:

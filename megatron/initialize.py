@@ -27,7 +27,8 @@ def _single_process_defaults() -> None:
 
 
 def initialize_distributed(*, tensor_model_parallel_size: int, pipeline_model_parallel_size: int,
-                           timeout_minutes: int = 10, backend: str = None) -> None:
+                           ds_sequence_parallel_size: int = 1, timeout_minutes: int = 10,
+                           backend: str = None) -> None:
     """Start torch.distributed through DeepSpeed (gloo on CPU, NCCL on GPU) and build the groups."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
@@ -42,7 +43,8 @@ def initialize_distributed(*, tensor_model_parallel_size: int, pipeline_model_pa
                                    timeout=datetime.timedelta(minutes=timeout_minutes))
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size,
-                                                 pipeline_model_parallel_size)
+                                                 pipeline_model_parallel_size,
+                                                 ds_sequence_parallel_size)
 
 
 def set_random_seeds(seed: int) -> None:

@@ -2,8 +2,8 @@
 
 `layout` (folders, trackers, manifest), `fingerprint` (what must match the flags), `rng`
 (per-rank random states), `hooks` (fault-injection points for tests), `safe_load` (loading
-executes no code: weights-only unpickling with an allow-list), `checkpointer` (save and load
-through the DeepSpeed engine).
+executes no code: weights-only unpickling with an allow-list), `zero3` (what ZeRO stage 3
+changes in loading), `checkpointer` (save and load through the DeepSpeed engine).
 """
 from megatron.checkpointing.checkpointer import (CHECKPOINT_VERSION, CheckpointError, Checkpointer,
                                                  LoadResult, commit_checkpoint,

@@ -30,11 +30,13 @@ from megatron.checkpointing.hooks import SaveHooks
 from megatron.checkpointing.integrity import damaged_files, shared_checksums
 from megatron.checkpointing.layout import (LATEST_FILE, MANIFEST_FILE, REPLACED_SUFFIX,
                                            STAGING_SUFFIX, TRACKER_FILE, ParallelLayout,
-                                           atomic_write_text, fsync_directory, missing_files,
+                                           atomic_write_text, fsync_directory,
+                                           missing_files, model_states_files,
                                            read_latest_tag, read_manifest,
                                            recover_interrupted_saves, rng_file_name,
                                            saved_layout, tag_of_iteration, tags_newest_first)
 from megatron.checkpointing.rng import capture_rng_states, restore_rng_states
+from megatron.checkpointing.zero3 import check_zero3_compatible, load_zero3_weights_only
 from megatron.checkpointing.safe_load import (check_tag, deepspeed_loads_weights_only, load_file,
                                               plain_args, refuse_unsafe_files)
 from megatron.core.utils import print_rank_0
@@ -350,7 +352,9 @@ class Checkpointer:
         manifest = read_manifest(tag_dir)
         if manifest is not None:
             return manifest.get("model", {})
-        candidates = sorted(glob.glob(os.path.join(tag_dir, "mp_rank_*_model_states.pt")))
+        candidates = model_states_files(tag_dir)
+        if not candidates:
+            return {}
         content = load_file(candidates[0], mmap=True)
         if "model_fingerprint" in content:
             return content["model_fingerprint"]
@@ -383,6 +387,10 @@ class Checkpointer:
             return old  # the same layout cannot hold another padded vocabulary
         return old if old.differs_from(self.layout) else None
 
+    def _zero_stage(self) -> int:
+        stage = getattr(self.engine, "zero_optimization_stage", None)
+        return int(stage()) if callable(stage) else 0
+
     def load(self) -> LoadResult:
         """Load `--load` (the `latest` tag, or `--load-tag`) into the engine and the run state.
 
@@ -406,6 +414,8 @@ class Checkpointer:
         verified = self._verify_checksums(load_dir, tag) if config.verify_checkpoint else None
         refuse_unsafe_files(load_dir, os.path.join(load_dir, tag))
         other_layout = self._check_fingerprint(load_dir, tag)
+        check_zero3_compatible(load_dir, tag, zero_stage=self._zero_stage(),
+                               other_layout=other_layout, layout=self.layout)
 
         finetune = config.finetune
         load_optimizer = not (config.no_load_optim or finetune)
@@ -419,10 +429,14 @@ class Checkpointer:
                          f"{' and optimizer state' if load_optimizer else ''}")
             client = self.load_other_layout(load_dir, tag, load_optimizer=load_optimizer)
         else:
-            with deepspeed_loads_weights_only(self.engine):
-                path, client = self.engine.load_checkpoint(
-                    load_dir, tag=tag, load_optimizer_states=load_optimizer,
-                    load_lr_scheduler_states=False, load_module_only=finetune)
+            if not load_optimizer and self._zero_stage() == 3:
+                path, client = load_zero3_weights_only(self.engine, load_dir, tag,
+                                                       finetune=finetune)
+            else:
+                with deepspeed_loads_weights_only(self.engine):
+                    path, client = self.engine.load_checkpoint(
+                        load_dir, tag=tag, load_optimizer_states=load_optimizer,
+                        load_lr_scheduler_states=False, load_module_only=finetune)
             if path is None:
                 raise CheckpointError(f"--load {load_dir}: DeepSpeed could not load checkpoint "
                                       f"{tag}")

@@ -25,6 +25,8 @@ REPLACED_SUFFIX = ".replaced"
 _TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 _OPTIMIZER_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 _LAYER_FILE = re.compile(r"^layer_\d+-model_\d+-model_states\.pt$")
+# ZeRO-3 writes one model-states file per data-parallel rank, holding no weights.
+_ZERO3_MODEL_FILE = re.compile(r"^zero_pp_rank_\d+_mp_rank_\d+_model_states\.pt$")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,19 @@ def saved_layout(tag_dir: str, *, tensor_model_parallel_size: int,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
         data_parallel_size=len(files[min(files)]) if files else 0,
         pipeline_engine=any(_LAYER_FILE.match(name) for name in names))
+
+
+def is_zero3_checkpoint(tag_dir: str) -> bool:
+    """Whether ZeRO stage 3 wrote the folder: its weights exist only as partitions inside the
+    `zero_pp_rank_*_optim_states.pt` files."""
+    return any(_ZERO3_MODEL_FILE.match(name) for name in os.listdir(tag_dir))
+
+
+def model_states_files(tag_dir: str) -> List[str]:
+    """The model-states files of a ZeRO 0-2 folder (`mp_rank_XX_model_states.pt`), else
+    ZeRO-3's per data-parallel rank ones; sorted paths."""
+    return (sorted(glob.glob(os.path.join(tag_dir, "mp_rank_*_model_states.pt")))
+            or sorted(glob.glob(os.path.join(tag_dir, "zero_pp_rank_*_mp_rank_*_model_states.pt"))))
 
 
 def tag_of_iteration(iteration: int) -> str:

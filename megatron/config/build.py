@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import FrozenSet, Optional, Tuple
 
 from megatron.config.deepspeed_json import load_deepspeed_json, reconcile_deepspeed_config
@@ -42,7 +43,42 @@ def _check_launch(args: argparse.Namespace) -> None:
         raise ValueError("--deepspeed_config and the deprecated --deepscale_config are mutually exclusive")
 
 
+def _check_ulysses(args: argparse.Namespace, world_size: int) -> int:
+    """The DeepSpeed-Ulysses size, refused where it is not implemented."""
+    sp, tp, pp = (args.ds_sequence_parallel_size, args.tensor_model_parallel_size,
+                  args.pipeline_model_parallel_size)
+    if sp < 1:
+        raise ValueError(f"--ds-sequence-parallel-size must be >= 1, got {sp}")
+    if sp > 1 and (tp != 1 or pp != 1 or not args.no_pipeline_parallel):
+        engine = "--no-pipeline-parallel" if args.no_pipeline_parallel else "the pipeline engine"
+        raise ValueError(f"--ds-sequence-parallel-size {sp} needs --no-pipeline-parallel, "
+                         f"--tensor-model-parallel-size 1 and --pipeline-model-parallel-size 1 "
+                         f"(got {engine}, --tensor-model-parallel-size {tp}, "
+                         f"--pipeline-model-parallel-size {pp}): DeepSpeed-Ulysses is implemented "
+                         "only for the ZeRO engine without tensor or pipeline parallelism (the "
+                         "pipeline engine does not split sequences; heads split by tensor "
+                         "parallelism are untested with the all-to-all)")
+    if world_size % sp:
+        raise ValueError(f"world size {world_size} is not divisible by "
+                         f"--ds-sequence-parallel-size {sp}")
+    return sp
+
+
+def _check_writable_folder(path: str, flag: str) -> None:
+    """`path` is, or can be created as, a folder this process may write (checked without
+    creating anything): a run must not train for hours before its first save fails."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{flag} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: the folder {probe} is not writable")
+
+
 def _parallel_sizes(args: argparse.Namespace, world_size: int) -> Tuple[int, int, int]:
+    """(TP, PP, DP): DP counts the ranks reading different samples, so it leaves out the
+    DeepSpeed-Ulysses ranks that share them."""
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     if world_size < 1:
         raise ValueError(f"world size must be positive, got {world_size}")
@@ -56,7 +92,7 @@ def _parallel_sizes(args: argparse.Namespace, world_size: int) -> Tuple[int, int
         raise ValueError(f"--no-pipeline-parallel needs --pipeline-model-parallel-size 1, got {pp}")
     if args.sequence_parallel and tp == 1:
         raise ValueError("--sequence-parallel needs --tensor-model-parallel-size > 1")
-    return tp, pp, world_size // (tp * pp)
+    return tp, pp, world_size // (tp * pp * _check_ulysses(args, world_size))
 
 
 def _backend(args: argparse.Namespace, explicit: FrozenSet[str], accelerator_name: str) -> Optional[str]:
@@ -91,7 +127,8 @@ def _optimizer_config(args: argparse.Namespace, clip_grad: float) -> OptimizerCo
         raise ValueError(f"--clip-grad (\"gradient_clipping\") must be >= 0, got {clip_grad}")
     return OptimizerConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                            adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
-                           sgd_momentum=args.sgd_momentum, clip_grad=clip_grad)
+                           sgd_momentum=args.sgd_momentum, clip_grad=clip_grad,
+                           cpu_optimizer=args.cpu_optimizer)
 
 
 def build_config(args: argparse.Namespace, *, world_size: int, accelerator_name: str) -> TrainingConfig:
@@ -104,6 +141,10 @@ def build_config(args: argparse.Namespace, *, world_size: int, accelerator_name:
     """
     explicit = _explicit_args(args)
     _check_launch(args)
+    if args.save:
+        _check_writable_folder(args.save, "--save")
+    if args.load and os.path.exists(args.load) and not os.path.isdir(args.load):
+        raise ValueError(f"--load {args.load}: a file, not a checkpoint folder")
     tp, pp, dp = _parallel_sizes(args, world_size)
     config_path = args.deepspeed_config or args.deepscale_config
     flag = "--deepspeed_config" if args.deepspeed_config else "--deepscale_config"
@@ -112,8 +153,9 @@ def build_config(args: argparse.Namespace, *, world_size: int, accelerator_name:
                                         source=f"{flag} {config_path}" if config_path else "the DeepSpeed config")
     precision = merged.precision
     if precision.dtype == "fp16" and accelerator_name == "cpu":
-        raise ValueError("--fp16 is not available on a CPU: DeepSpeed refuses fp16 there (\"Type fp16 is not "
-                         "supported on your device\"); use --bf16 (or fp32) and set \"fp16.enabled\" to false")
+        raise ValueError("--fp16 is not available on a CPU: fp16 with loss scaling is for GPUs (DeepSpeed "
+                         "accepts it on a CPU only where oneDNN has fp16 kernels); use --bf16 (or fp32) and "
+                         "set \"fp16.enabled\" to false")
     if merged.zero_stage >= 2 and not args.no_pipeline_parallel:
         raise ValueError(f"ZeRO stage {merged.zero_stage} (--zero-stage / \"zero_optimization.stage\") does not "
                          f"work with DeepSpeed's pipeline engine (--pipeline-model-parallel-size {pp}); use ZeRO "
@@ -124,6 +166,10 @@ def build_config(args: argparse.Namespace, *, world_size: int, accelerator_name:
         raise ValueError(f"{', '.join(given)} need ZeRO stage 0, 1 or 2 (--zero-stage / "
                          f"\"zero_optimization.stage\" is {merged.zero_stage}): ZeRO-3 partitions the "
                          "parameters themselves, which these counts do not read yet")
+    if merged.zero_stage >= 3 and args.no_save_optim:
+        raise ValueError("--no-save-optim does not work with ZeRO stage 3 (--zero-stage / "
+                         "\"zero_optimization.stage\"): the weights are saved only inside the ZeRO "
+                         "shard files (zero_pp_rank_*_optim_states.pt) that it leaves out")
     rampup = _rampup(args)
     model = build_model_config(args, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                params_dtype=precision.params_dtype)
@@ -140,7 +186,8 @@ def build_config(args: argparse.Namespace, *, world_size: int, accelerator_name:
         pipeline_engine=not args.no_pipeline_parallel, zero_stage=merged.zero_stage,
         distributed_backend=_backend(args, explicit, accelerator_name),
         distributed_timeout_minutes=args.distributed_timeout_minutes, local_rank=args.local_rank,
-        pipeline_partition_method=args.pipeline_partition_method)
+        pipeline_partition_method=args.pipeline_partition_method,
+        ds_sequence_parallel_size=args.ds_sequence_parallel_size)
     batch = BatchConfig(micro_batch_size=merged.micro_batch_size, global_batch_size=merged.global_batch_size,
                         data_parallel_size=dp, gradient_accumulation_steps=merged.gradient_accumulation_steps,
                         rampup_batch_size=rampup)

@@ -90,6 +90,8 @@ class ReconciledDeepSpeed:
     global_batch_size: int
     gradient_accumulation_steps: int
     zero_stage: int
+    offload_optimizer: bool
+    """True with "zero_optimization.offload_optimizer.device": "cpu" (ZeRO-Offload)."""
     clip_grad: float
     precision: PrecisionConfig
     activation_checkpointing: Dict[str, bool]
@@ -116,7 +118,30 @@ _ACTIVATION_KEYS = (
 )
 
 
+# The top-level keys DeepSpeed 0.19 reads (its DeepSpeedConfig, the activation-checkpointing,
+# flops-profiler, aio and autotuning configs); any other key would be ignored silently.
+_DEEPSPEED_KEYS = frozenset((
+    "activation_checkpointing", "aio", "amp", "autotuning", "bf16", "bfloat16", "checkpoint",
+    "comet", "comms_logger", "communication_data_type", "compile", "compression_training",
+    "csv_monitor", "curriculum_learning", "data_efficiency", "data_types", "dataloader_drop_last",
+    "datastates_ckpt", "disable_allgather", "disable_python_gc", "dump_state", "eigenvalue",
+    "elasticity", "expert_parallel", "flops_profiler", "fp16", "gradient_accumulation_steps",
+    "gradient_allreduce_op", "gradient_clipping", "gradient_predivide_factor", "graph_harvesting",
+    "hybrid_engine", "log_level", "managed_gradient_accumulation", "memory_breakdown", "nebula",
+    "optimizer", "pipeline", "prescale_gradients", "progressive_layer_drop", "quantize_training",
+    "scheduler", "seq_parallel_communication_data_type", "sequence_parallel_size",
+    "sparse_attention", "sparse_gradients", "steps_per_print", "tensor_parallel", "tensorboard",
+    "timers", "torch_autocast", "train_batch_size", "train_micro_batch_size_per_gpu",
+    "use_data_before_expert_parallelism", "vocabulary_size", "wall_clock_breakdown", "wandb",
+    "weight_quantization", "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer",
+    "zero_optimization"))
+
+
 def _check_sections(merger: _Merger) -> None:
+    unknown = sorted(key for key in merger.config if key not in _DEEPSPEED_KEYS)
+    if unknown:
+        raise ValueError(f"{', '.join(json.dumps(k) for k in unknown)} in {merger.source}: not a "
+                         "DeepSpeed section (DeepSpeed would ignore it); check the spelling")
     for section, why in _REFUSED_SECTIONS.items():
         if section in merger.config:
             raise ValueError(f"\"{section}\" in {merger.source} is not allowed: {why}; remove it")
@@ -212,6 +237,39 @@ def _zero(merger: _Merger) -> int:
     return int(stage)
 
 
+def _offload(merger: _Merger, stage: int) -> bool:
+    """ZeRO-Offload of the optimizer to the CPU, which needs DeepSpeed's CPU Adam (--cpu-optimizer):
+    DeepSpeed refuses a torch optimizer there, and DeepSpeedCPUAdam steps only CPU tensors."""
+    args = merger.args
+    device = merger.get("zero_optimization.offload_optimizer.device")
+    device = "none" if device is _ABSENT or device is None else str(device)
+    param_device = merger.get("zero_optimization.offload_param.device")
+    if param_device not in (_ABSENT, None, "none"):
+        raise ValueError(f"\"zero_optimization.offload_param.device\": {json.dumps(param_device)} in "
+                         f"{merger.source}: ZeRO-3 parameter offload is not supported yet")
+    if device not in ("none", "cpu"):
+        raise ValueError(f"\"zero_optimization.offload_optimizer.device\": {json.dumps(device)} in "
+                         f"{merger.source} is not supported yet; use \"cpu\" or \"none\"")
+    section = f"\"zero_optimization.offload_optimizer.device\": \"{device}\" in {merger.source}"
+    if device == "none":
+        if args.cpu_optimizer:
+            raise ValueError("--cpu-optimizer needs ZeRO-Offload: set \"zero_optimization\": "
+                             "{\"offload_optimizer\": {\"device\": \"cpu\"}} in --deepspeed_config")
+        return False
+    if not args.cpu_optimizer:
+        raise ValueError(f"{section} needs --cpu-optimizer (DeepSpeed's CPU Adam; DeepSpeed refuses "
+                         "a torch optimizer with ZeRO-Offload)")
+    if args.optimizer != "adam":
+        raise ValueError(f"--cpu-optimizer needs --optimizer adam, got --optimizer {args.optimizer}")
+    if stage not in (1, 2):
+        raise ValueError(f"{section} needs ZeRO stage 1 or 2 (--zero-stage / \"zero_optimization.stage\" "
+                         f"is {stage}){': ZeRO-3 with offload is not tested yet' if stage == 3 else ''}")
+    if not args.no_pipeline_parallel:
+        raise ValueError(f"{section} needs --no-pipeline-parallel: ZeRO-Offload with DeepSpeed's "
+                         "pipeline engine is not supported yet")
+    return True
+
+
 def _unpartitioned_pipeline_transfers(merger: _Merger) -> None:
     """With --sequence-parallel each TP rank holds a different sequence chunk, so the pipeline
     engine must send whole activations and gradients: its default splits them across the TP
@@ -241,6 +299,12 @@ def reconcile_deepspeed_config(json_config: Dict[str, Any], args: argparse.Names
                          "--accumulate-allreduce-grads-in-fp32", to_json=lambda v: "fp32" if v else "bf16")
     clip = merger.merge("gradient_clipping", "clip_grad", "--clip-grad")
     stage = _zero(merger)
+    offload = _offload(merger, stage)
+    if dtype == "bf16" and stage == 0 and merger.get("data_types.grad_accum_dtype") == "fp32":
+        # DeepSpeed keeps fp32 gradients of bf16 weights only in its ZeRO/BF16 optimizers.
+        raise ValueError("--accumulate-allreduce-grads-in-fp32 / \"data_types.grad_accum_dtype\": \"fp32\" "
+                         "with --bf16 needs ZeRO stage 1, 2 or 3 (--zero-stage / "
+                         "\"zero_optimization.stage\" is 0): DeepSpeed refuses that mix")
     if merger.get("steps_per_print") is _ABSENT:
         merger.set("steps_per_print", args.log_interval)
     activation = {dest: bool(merger.merge(f"activation_checkpointing.{key}", dest, flag, fill=False))
@@ -254,5 +318,5 @@ def reconcile_deepspeed_config(json_config: Dict[str, Any], args: argparse.Names
         dtype=dtype, loss_scale=loss_scale, initial_loss_scale=initial, min_loss_scale=minimum,
         loss_scale_window=window, hysteresis=hysteresis,
         accumulate_allreduce_grads_in_fp32=args.accumulate_allreduce_grads_in_fp32 or dtype == "bf16")
-    return ReconciledDeepSpeed(merger.config, micro, glob, steps, stage, float(clip), precision,
+    return ReconciledDeepSpeed(merger.config, micro, glob, steps, stage, offload, float(clip), precision,
                                activation)

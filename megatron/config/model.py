@@ -90,6 +90,7 @@ def build_model_config(args: argparse.Namespace, *, tensor_model_parallel_size: 
         init_method_std=args.init_method_std, masked_softmax_fusion=args.masked_softmax_fusion,
         bias_gelu_fusion=args.bias_gelu_fusion and args.add_bias_linear and not args.swiglu,
         bias_dropout_fusion=args.bias_dropout_fusion, use_flash_attn=_flash_attention(args),
+        use_classic_attention=args.use_classic_attention,
         recompute_granularity=_recompute_granularity(args),
         recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers,
         checkpoint_activations=args.checkpoint_activations,
@@ -98,5 +99,6 @@ def build_model_config(args: argparse.Namespace, *, tensor_model_parallel_size: 
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
         sequence_parallel=args.sequence_parallel,
+        ds_sequence_parallel_size=args.ds_sequence_parallel_size,
         use_cpu_initialization=bool(args.use_cpu_initialization),
         params_dtype=params_dtype, init_seed=args.seed)

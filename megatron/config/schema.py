@@ -27,7 +27,7 @@ class ParallelConfig:
     pipeline_model_parallel_size: int
     """--pipeline-model-parallel-size."""
     data_parallel_size: int
-    """world_size / (TP * PP)."""
+    """world_size / (TP * PP * ds_sequence_parallel_size): ranks reading different samples."""
     sequence_parallel: bool
     """--sequence-parallel (needs TP > 1)."""
     pipeline_engine: bool
@@ -42,6 +42,8 @@ class ParallelConfig:
     """--local-rank / --local_rank from the launcher."""
     pipeline_partition_method: str = "parameters"
     """--pipeline-partition-method for DeepSpeed's PipelineModule."""
+    ds_sequence_parallel_size: int = 1
+    """--ds-sequence-parallel-size: ranks splitting each sample's sequence (DeepSpeed-Ulysses)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,9 @@ class OptimizerConfig:
     """--sgd-momentum."""
     clip_grad: float
     """--clip-grad / JSON gradient_clipping (0 disables)."""
+    cpu_optimizer: bool = False
+    """--cpu-optimizer: DeepSpeed's CPU Adam, for ZeRO-Offload (JSON
+    zero_optimization.offload_optimizer.device "cpu", which it requires)."""
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,43 @@ def _write_cache(paths: dict, desc: str, arrays: Sequence[np.ndarray]) -> None:
         handle.write(desc)
 
 
+def _load_cache(paths: dict, desc: str, *, num_doc_idx: int,
+                num_samples: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three index arrays of a cache, checked against what this run needs: a damaged file
+    or one left by another configuration is named, with the way out (delete, rebuild)."""
+    files = os.path.join(os.path.dirname(paths["desc"]),
+                         os.path.basename(paths["desc"])[:-len(".dsc")] + "*")
+
+    def refuse(path: str, why: str) -> ValueError:
+        return ValueError(f"data index cache {path} {why}; delete {files} and it is rebuilt "
+                          "on the next start")
+
+    try:
+        with open(paths["desc"], encoding="utf-8") as handle:
+            recorded = handle.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise refuse(paths["desc"], f"is unreadable ({error})") from None
+    if recorded != desc:
+        raise refuse(paths["desc"], "describes another configuration")
+    arrays = []
+    for key in ("doc", "sample", "shuffle"):
+        try:
+            arrays.append(np.load(paths[key], allow_pickle=False, mmap_mode="r"))
+        except (OSError, ValueError, EOFError) as error:
+            raise refuse(paths[key], f"is damaged ({error})") from None
+    doc_idx, sample_idx, shuffle_idx = arrays
+    if doc_idx.ndim != 1 or len(doc_idx) != num_doc_idx:
+        raise refuse(paths["doc"], f"holds {doc_idx.shape} entries, not the {num_doc_idx} of "
+                                   "this configuration")
+    if sample_idx.ndim != 2 or sample_idx.shape[1] != 2 or sample_idx.shape[0] - 1 < num_samples:
+        raise refuse(paths["sample"], f"has shape {sample_idx.shape}, not ({num_samples} or "
+                                      "more + 1, 2) for this configuration")
+    if shuffle_idx.ndim != 1 or len(shuffle_idx) != sample_idx.shape[0] - 1:
+        raise refuse(paths["shuffle"], f"holds {shuffle_idx.shape} entries, not the "
+                                       f"{sample_idx.shape[0] - 1} samples of {paths['sample']}")
+    return doc_idx, sample_idx, shuffle_idx
+
+
 class GPTDataset(torch.utils.data.Dataset):
     """Samples of `seq_length + 1` tokens from `documents` of an indexed dataset."""
 
@@ -184,17 +221,16 @@ class GPTDataset(torch.utils.data.Dataset):
                                             seq_length=seq_length, seed=seed)
                 _write_cache(paths, self.desc, arrays)
                 self.cache_built = True
-            except OSError as exc:
-                error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - the other ranks wait: tell them
+                error = f"{type(exc).__name__}: {exc}"
             print_rank_0(f" > built {name} index cache for {data_prefix} in "
                        f"{time.time() - start:.2f} s ({os.path.dirname(paths['desc'])})")
         if not all_ranks_succeeded(not error, group):
-            raise RuntimeError(f"could not write the data index cache in "
-                               f"{os.path.dirname(paths['desc'])} ({error or 'on another rank'});"
-                               " set --data-cache-path to a writable directory")
-        self.doc_idx = np.load(paths["doc"], allow_pickle=False, mmap_mode="r")
-        self.sample_idx = np.load(paths["sample"], allow_pickle=False, mmap_mode="r")
-        self.shuffle_idx = np.load(paths["shuffle"], allow_pickle=False, mmap_mode="r")
+            raise ValueError(f"could not write the data index cache in "
+                             f"{os.path.dirname(paths['desc'])} ({error or 'on another rank'});"
+                             " set --data-cache-path to a writable directory")
+        self.doc_idx, self.sample_idx, self.shuffle_idx = _load_cache(
+            paths, self.desc, num_doc_idx=num_epochs * len(documents), num_samples=num_samples)
         self.cache_dir = os.path.dirname(paths["desc"])
 
     def __len__(self) -> int:
@@ -224,10 +260,51 @@ def _as_list(prefix: Union[str, Sequence[str], None]) -> Optional[List[str]]:
     return [prefix] if isinstance(prefix, str) else list(prefix)
 
 
-def _open(prefix: str):
+def _open(prefix: str, flag: str = "--data-path"):
     if not idx_ds.exists(prefix):
-        raise FileNotFoundError(f"--data-path {prefix}: {prefix}.bin/.idx not found")
-    return idx_ds.make_dataset(prefix, "infer")
+        raise FileNotFoundError(f"{flag} {prefix}: {prefix}.bin/.idx not found")
+    dataset = idx_ds.make_dataset(prefix, "infer")
+    if len(dataset) == 0:
+        raise ValueError(f"{flag} {prefix}: {prefix}.idx holds no documents")
+    return dataset
+
+
+def _names(prefixes: List[str]) -> List[str]:
+    return prefixes if len(prefixes) <= 1 else parse_weighted_prefixes(prefixes)[0]
+
+
+def check_dataset_inputs(*, data_prefix: Union[str, Sequence[str], None], splits_string: str,
+                         train_valid_test_num_samples: Sequence[int],
+                         train_data_prefix: Union[str, Sequence[str], None] = None,
+                         valid_data_prefix: Union[str, Sequence[str], None] = None,
+                         test_data_prefix: Union[str, Sequence[str], None] = None) -> None:
+    """Open every dataset named and check that `--split` gives training documents, before any
+    index cache is written. No collective: the same files give every rank the same answer,
+    so a run can call this before its process group exists."""
+    prefixes = _as_list(data_prefix)
+    if not prefixes:
+        for flag, paths in (("--train-data-path", train_data_prefix),
+                            ("--valid-data-path", valid_data_prefix),
+                            ("--test-data-path", test_data_prefix)):
+            for prefix in _names(_as_list(paths) or []):
+                _open(prefix, flag)
+        return
+    empty_in = {name: [] for name in SPLIT_NAMES}
+    names = _names(prefixes)
+    for prefix in names:
+        bounds = get_train_valid_test_split(splits_string, len(_open(prefix)))
+        for i, name in enumerate(SPLIT_NAMES):
+            if bounds[i + 1] <= bounds[i]:
+                empty_in[name].append(prefix)
+    if empty_in["train"] and train_valid_test_num_samples[0] > 0:
+        prefix = empty_in["train"][0]
+        raise ValueError(f"--split {splits_string} leaves no training documents in --data-path "
+                         f"{prefix} ({len(_open(prefix))} documents); give train a larger share")
+    for name in SPLIT_NAMES:
+        if empty_in[name] and len(empty_in[name]) != len(names):
+            raise ValueError(f"--split {splits_string} leaves the {name} split of --data-path "
+                             f"{empty_in[name][0]} empty while other blended datasets have one;"
+                             " adjust --split or the blend")
 
 
 def _split_datasets(prefix: str, splits_string: str, num_samples: Sequence[int], seq_length: int,
@@ -291,6 +368,10 @@ def build_train_valid_test_datasets(*, data_prefix: Union[str, Sequence[str], No
         raise ValueError("train_valid_test_num_samples needs three counts")
     if seq_length < 1:
         raise ValueError(f"--seq-length must be positive, got {seq_length}")
+    check_dataset_inputs(data_prefix=data_prefix, splits_string=splits_string,
+                         train_valid_test_num_samples=train_valid_test_num_samples,
+                         train_data_prefix=train_data_prefix, valid_data_prefix=valid_data_prefix,
+                         test_data_prefix=test_data_prefix)
     prefixes = _as_list(data_prefix)
     if prefixes:
         if len(prefixes) == 1:

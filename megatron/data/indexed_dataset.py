@@ -87,8 +87,12 @@ class MMapIndexedDataset:
         self.doc_idx = np.frombuffer(self._index, dtype=np.int64, count=doc_count, offset=offset)
         bin_path = data_file_path(prefix)
         bin_bytes = os.path.getsize(bin_path)
-        needed = int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize if count else 0
-        if bin_bytes < needed:
+        if count and int(self.sizes.min()) < 0:
+            raise ValueError(f"{idx_path}: negative sequence size {int(self.sizes.min())}; the "
+                             "index is damaged, rebuild it with tools/preprocess_data.py")
+        ends = self.pointers + self.sizes.astype(np.int64) * self.dtype.itemsize
+        needed = int(ends.max()) if count else 0
+        if bin_bytes < needed or (count and int(self.pointers.min()) < 0):
             raise ValueError(f"{bin_path}: data file is {bin_bytes} bytes but {idx_path} "
                              f"describes {needed}")
         self._bin = (np.memmap(bin_path, mode="r", dtype=np.uint8) if bin_bytes

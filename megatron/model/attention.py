@@ -1,7 +1,9 @@
 """Tensor-parallel self-attention: fused QKV, core attention (GQA, rotary), output projection.
 
 Activations are [s, b, h]. Each tensor-parallel rank owns `num_attention_heads / TP` query
-heads and `num_key_value_heads / TP` key/value heads.
+heads and `num_key_value_heads / TP` key/value heads. With DeepSpeed-Ulysses
+(`ds_sequence_parallel_size` > 1) s is this rank's chunk of the sequence and the core
+attention is wrapped in `UlyssesAttention`.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.model import recompute
 from megatron.model.fused_softmax import AttnMaskType, FusedScaleMaskSoftmax
 from megatron.model.kv_cache import KVCache
@@ -21,12 +23,25 @@ from megatron.model.transformer_config import TransformerConfig
 from megatron.model.utils import attention_mask_func
 
 
+def sdpa_is_faster(query: torch.Tensor, *, dropout_active: bool) -> bool:
+    """Whether torch's SDPA beats the classic path for this call. On GPUs it always does
+    (flash / memory-efficient kernels). On CPU (torch 2.13, measured at the 125M shape,
+    fwd+bwd, tests/bench/RESULTS.md issue 18) its flash kernel is ~1.6x faster in fp32 without
+    dropout, but with attention dropout it falls back to a math path ~1.8x slower than the
+    classic one, and in bf16 it is ~2.5x slower."""
+    if query.is_cuda:
+        return True
+    return query.dtype == torch.float32 and not dropout_active
+
+
 class CoreAttention(torch.nn.Module):
     """softmax(q k^T / sqrt(d) + mask) v for this rank's heads.
 
     Two paths computing the same function: the classic one (baddbmm, scale-mask-softmax
-    module, dropout, bmm), where the fused CUDA softmax kernels plug in; and, with
-    `use_flash_attn`, torch's `scaled_dot_product_attention` (flash kernels on GPUs).
+    module, dropout, bmm), where the fused CUDA softmax kernels plug in; and torch's
+    `scaled_dot_product_attention` (flash kernels on GPUs). `use_flash_attn` and
+    `use_classic_attention` force one; by default each call takes the faster one
+    (`sdpa_is_faster`).
     """
 
     def __init__(self, config: TransformerConfig, layer_number: int,
@@ -69,7 +84,9 @@ class CoreAttention(torch.nn.Module):
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """query [sq, b, np, hn], key/value [sk, b, np, hn] -> context [sq, b, np * hn]."""
-        if self.config.use_flash_attn:
+        if self.config.use_flash_attn or (
+                not self.config.use_classic_attention and sdpa_is_faster(
+                    query, dropout_active=self.training and self.config.attention_dropout > 0.0)):
             context = self._sdpa(query, key, value, attention_mask)
         else:
             context = self._classic(query, key, value, attention_mask)
@@ -129,6 +146,12 @@ class ParallelAttention(torch.nn.Module):
             bias=config.add_bias_linear, gather_output=False,
             init_key=f"{prefix}.query_key_value")
         self.core_attention = CoreAttention(config, layer_number, attn_mask_type)
+        if config.ds_sequence_parallel_size > 1:
+            from megatron.model.ulysses_attention import UlyssesAttention
+
+            self.core_attention = UlyssesAttention(
+                self.core_attention,
+                sequence_parallel_group=parallel_state.get_sequence_parallel_group())
         self.dense = tensor_parallel.RowParallelLinear(
             config.num_attention_heads * self.head_dim, config.hidden_size, config=config,
             init_method=config.output_layer_init_method, bias=config.add_bias_linear,
@@ -167,6 +190,9 @@ class ParallelAttention(torch.nn.Module):
             query = apply_rotary_pos_emb(query, rotary_pos_emb)
             key = apply_rotary_pos_emb(key, rotary_pos_emb)
         if kv_cache is not None:
+            if self.config.ds_sequence_parallel_size > 1:
+                raise ValueError("generation with a key/value cache needs "
+                                 "--ds-sequence-parallel-size 1")
             key, value = kv_cache.extend(self.layer_number - 1, key, value)
         if self.queries_per_group > 1:
             # query head i reads key/value head i // queries_per_group

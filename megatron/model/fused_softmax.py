@@ -11,6 +11,7 @@ Input: scores [b, np, sq, sk]; mask: bool, broadcastable to the scores, True = m
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Any, Callable, Optional
 
 import torch
@@ -29,7 +30,13 @@ class AttnMaskType(enum.Enum):
 
 
 def causal_mask(sq: int, sk: int, device: Any = None) -> torch.Tensor:
-    """Bool [1, 1, sq, sk] mask, True above the diagonal (aligned to the last key)."""
+    """Bool [1, 1, sq, sk] mask, True above the diagonal (aligned to the last key).
+    Shared between calls (every layer of every micro-batch asks for the same one): read only."""
+    return _cached_causal_mask(sq, sk, torch.device(device or "cpu"))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_causal_mask(sq: int, sk: int, device: torch.device) -> torch.Tensor:
     return torch.ones(sq, sk, dtype=torch.bool, device=device).triu(sk - sq + 1)[None, None]
 
 

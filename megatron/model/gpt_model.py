@@ -31,7 +31,8 @@ def check_parallel_layout(config: TransformerConfig) -> None:
     GPTModelPipe instead)."""
     parallel_state.check_model_parallel_sizes(
         tensor_model_parallel_size=config.tensor_model_parallel_size,
-        pipeline_model_parallel_size=config.pipeline_model_parallel_size)
+        pipeline_model_parallel_size=config.pipeline_model_parallel_size,
+        ds_sequence_parallel_size=config.ds_sequence_parallel_size)
     if config.pipeline_model_parallel_size != 1:
         raise ValueError(f"GPTModel holds the whole model and needs "
                          f"--pipeline-model-parallel-size 1, got "
@@ -86,6 +87,10 @@ class GPTModel(torch.nn.Module):
 
         Returns the fp32 per-token loss [b, s] when `labels` are given, else the logits
         [b, s, V/TP] (or [b, s, V] without parallel_output).
+
+        With DeepSpeed-Ulysses (`ds_sequence_parallel_size` N > 1) every tensor but the
+        attention mask holds this rank's s/N tokens (`megatron.training.batch
+        .sequence_parallel_chunk`); the mask covers the whole sequence.
         """
         if attention_mask is not None and attention_mask.dtype != torch.bool:
             raise ValueError(f"attention_mask must be a bool tensor (True = masked), "

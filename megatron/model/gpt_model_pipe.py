@@ -27,6 +27,7 @@ from megatron.model import recompute
 from megatron.model.fused_layer_norm import LayerNorm, RMSNorm
 from megatron.model.language_model import Embedding, parallel_lm_logits
 from megatron.model.loss import per_token_loss
+from megatron.model.pipeline_partition import FLOPS_METHOD, balanced_bounds, spec_costs
 from megatron.model.rotary_pos_embedding import build_rotary_embedding
 from megatron.model.transformer import ParallelTransformerLayer, sequence_parallel_rng
 from megatron.model.transformer_config import TransformerConfig
@@ -181,8 +182,8 @@ def build_specs(config: TransformerConfig, *, causal_mask_only: bool = False) ->
 class GPTModelPipe(PipelineModule):
     """GPT for DeepSpeed's pipeline engine; stages from `parallel_state.get_topology()`.
 
-    partition_method: `parameters` (default), `uniform` or `type:<regex>`
-    (`--pipeline-partition-method`). causal_mask_only: ignore the data's attention mask
+    partition_method: `parameters` (default), `uniform`, `type:<regex>` or `flops`
+    (balanced by estimated training cost; `--pipeline-partition-method`). causal_mask_only: ignore the data's attention mask
     and apply the causal mask in every layer, so no mask travels between stages (what
     upstream always did); keep False when masks carry document boundaries
     (`--reset-attention-mask`).
@@ -234,6 +235,23 @@ class GPTModelPipe(PipelineModule):
                   " the embedding or final norm and are not recomputed; use"
                   " --checkpoint-num-layers 1 (or --recompute-num-layers 1) to recompute every"
                   " layer", flush=True)
+
+    def _partition_layers(self, method: str = "uniform") -> None:
+        """DeepSpeed's methods, plus `flops`: stages balanced by estimated training cost,
+        the embedding and the LM head included (`megatron.model.pipeline_partition`)."""
+        if method.lower() != FLOPS_METHOD:
+            super()._partition_layers(method=method)
+            return
+        costs = spec_costs(self.config)
+        if len(costs) != len(self._layer_specs):
+            raise RuntimeError(f"spec_costs gives {len(costs)} costs for {len(self._layer_specs)} specs")
+        self.parts = balanced_bounds(self.config, self.num_stages)
+        if self.global_rank == 0:
+            shares = [sum(costs[a:b]) / sum(costs) for a, b in zip(self.parts, self.parts[1:])]
+            print(f"> pipeline stages balanced by estimated FLOPs: spec bounds {self.parts}, "
+                  f"cost shares {', '.join(f'{share:.0%}' for share in shares)}", flush=True)
+        stage = self._topo.get_coord(self.global_rank).pipe
+        self._set_bounds(start=self.parts[stage], stop=self.parts[stage + 1])
 
     def _count_layer_params(self) -> list:
         """Parameters per spec, for `partition_method="parameters"`.

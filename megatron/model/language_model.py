@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.tensor_parallel.initialization import layout_independent_init
 from megatron.core.tensor_parallel.layers import linear_with_grad_accumulation_and_async_allreduce
 from megatron.model.kv_cache import KVCache
@@ -107,11 +107,14 @@ class TransformerLanguageModel(torch.nn.Module):
                 kv_cache: Optional[KVCache] = None) -> torch.Tensor:
         """-> final-normed hidden states [s(/TP), b, h]. With `kv_cache` the tokens continue
         the cached ones: rotary angles start at the cached length (learned positions come
-        from `position_ids`)."""
+        from `position_ids`). With DeepSpeed-Ulysses the tokens are this rank's chunk of the
+        sequence, and the rotary angles start at the chunk's first position."""
         hidden = self.embedding(input_ids, position_ids)
         rotary = None
         if self.rotary_pos_emb is not None:
             offset = 0 if kv_cache is None else kv_cache.length
+            if self.config.ds_sequence_parallel_size > 1:
+                offset += parallel_state.get_sequence_parallel_rank() * input_ids.shape[1]
             rotary = self.rotary_pos_emb(input_ids.shape[1], offset=offset,
                                          device=input_ids.device)
         return self.encoder(hidden, attention_mask, rotary, kv_cache)

@@ -132,8 +132,14 @@ class TransformerConfig(ModelParallelConfig):
     """Allow the fused bias+dropout+add (`--no-bias-dropout-fusion` clears it)."""
 
     use_flash_attn: bool = False
-    """Use torch's scaled_dot_product_attention (flash kernels on GPUs) for the core
-    attention (`--use-flash-attn`, `--use-flash-attn-v1`, `--use-flash-attn-v2`)."""
+    """Always use torch's scaled_dot_product_attention (flash kernels on GPUs) for the core
+    attention (`--use-flash-attn`, `--use-flash-attn-v1`, `--use-flash-attn-v2`). With
+    neither this nor `use_classic_attention`, each call takes the faster of the two exact
+    paths (`megatron.model.attention.sdpa_is_faster`)."""
+
+    use_classic_attention: bool = False
+    """Always use the classic baddbmm + scale-mask-softmax + bmm core attention, where the
+    fused CUDA softmax kernels plug in (`--use-classic-attention`)."""
 
     recompute_granularity: Optional[str] = None
     """`full` or `selective` activation recompute (`--recompute-granularity`)."""
@@ -153,6 +159,12 @@ class TransformerConfig(ModelParallelConfig):
     distribute_saved_activations: bool = False
     """Split checkpointed activations across tensor-parallel ranks
     (`--distribute-saved-activations`)."""
+
+    ds_sequence_parallel_size: int = 1
+    """Ranks splitting each sequence for DeepSpeed-Ulysses attention
+    (`--ds-sequence-parallel-size`): each holds seq_length / N tokens and, inside the core
+    attention, the whole sequence for num_attention_heads / N heads
+    (`megatron.model.ulysses_attention`)."""
 
     deepspeed_activation_checkpointing: bool = False
     """Recompute with `deepspeed.checkpointing.checkpoint` (configured from the flags by
@@ -218,6 +230,7 @@ class TransformerConfig(ModelParallelConfig):
                              f"{_named('pipeline_model_parallel_size', self.pipeline_model_parallel_size)}")
         if self.seq_length == 0:
             self.seq_length = self.max_position_embeddings
+        self._check_ulysses()
         if self.position_embedding_type == "learned_absolute":
             if self.max_position_embeddings < 1:
                 raise ValueError(f"{_named('max_position_embeddings', self.max_position_embeddings)} "
@@ -225,6 +238,25 @@ class TransformerConfig(ModelParallelConfig):
             if self.seq_length > self.max_position_embeddings:
                 raise ValueError(f"{_named('seq_length', self.seq_length)} exceeds "
                                  f"{_named('max_position_embeddings', self.max_position_embeddings)}")
+
+    def _check_ulysses(self) -> None:
+        size = self.ds_sequence_parallel_size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"{_named('ds_sequence_parallel_size', size)} must be an integer >= 1")
+        if size == 1:
+            return
+        sp_named = _named("ds_sequence_parallel_size", size)
+        # The all-to-all trades sequence chunks for whole heads: both must split evenly.
+        local_heads = self.num_attention_heads // self.tensor_model_parallel_size
+        if local_heads % size:
+            raise ValueError(f"{_named('num_attention_heads', self.num_attention_heads)} / "
+                             f"tensor_model_parallel_size must be divisible by {sp_named}")
+        if self.seq_length % size:
+            raise ValueError(f"{_named('seq_length', self.seq_length)} must be divisible by "
+                             f"{sp_named}")
+        if self.sequence_parallel:
+            raise ValueError(f"--sequence-parallel (Megatron's, across tensor-parallel ranks) "
+                             f"and {sp_named} both split the sequence; give only one")
 
     def _check_options(self) -> None:
         _check_choice("normalization", self.normalization, NORMALIZATIONS)
@@ -234,6 +266,9 @@ class TransformerConfig(ModelParallelConfig):
         if self.openai_gelu and self.activation != "gelu":
             raise ValueError("--openai-gelu and --swiglu are mutually exclusive "
                              f"(openai_gelu=True, activation={self.activation!r})")
+        if self.use_flash_attn and self.use_classic_attention:
+            raise ValueError("--use-flash-attn and --use-classic-attention contradict each other "
+                             "(use_flash_attn=True, use_classic_attention=True)")
         for name in ("hidden_dropout", "attention_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -322,6 +357,7 @@ FIELD_FLAGS = {
     "deepspeed_activation_checkpointing": "--deepspeed-activation-checkpointing",
     "tensor_model_parallel_size": "--tensor-model-parallel-size",
     "pipeline_model_parallel_size": "--pipeline-model-parallel-size",
+    "ds_sequence_parallel_size": "--ds-sequence-parallel-size",
 }
 
 

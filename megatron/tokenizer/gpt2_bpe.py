@@ -46,14 +46,18 @@ def load_mergeable_ranks(vocab_file: str, merge_file: str) -> Dict[bytes, int]:
     """Byte sequences ranked in BPE merge order, as tiktoken expects."""
     byte_decoder = {ch: b for b, ch in bytes_to_unicode().items()}
     ranks: Dict[bytes, int] = {bytes([b]): i for i, b in enumerate(bytes_to_unicode())}
-    with open(merge_file, encoding="utf-8") as handle:
-        lines = handle.read().split("\n")
+    try:
+        with open(merge_file, encoding="utf-8") as handle:
+            lines = handle.read().split("\n")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--merge-file {merge_file}: not a UTF-8 merges file ({error})") from None
     for line_number, line in enumerate(lines, start=1):
         if not line or line.startswith("#version"):
             continue
         parts = line.split(" ")
         if len(parts) != 2:
-            raise ValueError(f"{merge_file}:{line_number}: expected two tokens, got {line!r}")
+            raise ValueError(f"--merge-file {merge_file}:{line_number}: expected two tokens, "
+                             f"got {line!r}")
         merged = (_decode_token(parts[0], byte_decoder, merge_file)
                   + _decode_token(parts[1], byte_decoder, merge_file))
         if merged not in ranks:
@@ -72,8 +76,15 @@ class GPT2BPETokenizer(AbstractTokenizer):
                 open(path, "rb").close()
             except FileNotFoundError as error:
                 raise FileNotFoundError(f"{flag} {path}: file not found") from error
-        with open(vocab_file, encoding="utf-8") as handle:
-            self.encoder: Dict[str, int] = json.load(handle)
+        try:
+            with open(vocab_file, encoding="utf-8") as handle:
+                self.encoder: Dict[str, int] = json.load(handle)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"--vocab-file {vocab_file}: not a GPT-2 vocabulary (JSON object of "
+                             f"token to id): {error}") from None
+        if not isinstance(self.encoder, dict):
+            raise ValueError(f"--vocab-file {vocab_file}: not a GPT-2 vocabulary (JSON object of "
+                             f"token to id), got a JSON {type(self.encoder).__name__}")
         if EOD_TOKEN not in self.encoder:
             raise ValueError(f"{vocab_file}: vocabulary has no {EOD_TOKEN} token")
         byte_decoder = {ch: b for b, ch in bytes_to_unicode().items()}

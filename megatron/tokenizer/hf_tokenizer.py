@@ -49,7 +49,11 @@ class HFTokenizer(AbstractTokenizer):
 
         file_path = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
         if os.path.isfile(file_path):
-            self.tokenizer = Tokenizer.from_file(file_path)
+            try:
+                self.tokenizer = Tokenizer.from_file(file_path)
+            except Exception as error:  # tokenizers raises its own Exception for a bad file
+                raise ValueError(f"--tokenizer-model {file_path}: not a Hugging Face "
+                                 f"tokenizer.json ({str(error).strip()})") from None
         elif os.path.isdir(path):
             self.tokenizer = _fast_tokenizer_from_directory(path, trust_remote_code)
         else:

@@ -12,7 +12,11 @@ def _load_processor(model_file: str):
 
     if not os.path.isfile(model_file):
         raise FileNotFoundError(f"--tokenizer-model {model_file}: file not found")
-    return sentencepiece.SentencePieceProcessor(model_file=model_file)
+    try:
+        return sentencepiece.SentencePieceProcessor(model_file=model_file)
+    except (RuntimeError, OSError) as error:
+        raise ValueError(f"--tokenizer-model {model_file}: not a SentencePiece model "
+                         f"({str(error).strip()})") from None
 
 
 class GPTSentencePieceTokenizer(AbstractTokenizer):

@@ -1,7 +1,8 @@
 """Turning a batch of `seq_length + 1` token samples into model inputs, labels and masks."""
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 
 from megatron.core import parallel_state, tensor_parallel
 
@@ -49,9 +50,29 @@ def get_ltor_masks_and_position_ids(tokens: torch.Tensor, *, eod_token: int,
     return attention_mask, loss_mask, position_ids
 
 
+def sequence_parallel_chunk(batch: Dict[str, torch.Tensor], *, sequence_parallel_rank: int,
+                            sequence_parallel_size: int) -> Dict[str, torch.Tensor]:
+    """This rank's consecutive seq_length / N tokens of every per-token tensor
+    (DeepSpeed-Ulysses). Masks and positions were built on the whole sequence, so they
+    keep their global values; the attention mask stays whole, because the core attention
+    sees every position."""
+    if sequence_parallel_size == 1:
+        return batch
+    seq_length = batch["tokens"].shape[1]
+    if seq_length % sequence_parallel_size:
+        raise ValueError(f"--seq-length {seq_length} must be divisible by "
+                         f"--ds-sequence-parallel-size {sequence_parallel_size}")
+    chunk = seq_length // sequence_parallel_size
+    start = sequence_parallel_rank * chunk
+    return {name: (value if name == "attention_mask"
+                   else value[:, start:start + chunk].contiguous())
+            for name, value in batch.items()}
+
+
 def get_batch(data_iterator, *, eod_token: int, reset_position_ids: bool,
               reset_attention_mask: bool, eod_mask_loss: bool) -> Dict[str, torch.Tensor]:
-    """Read one micro batch on TP rank 0, broadcast it over the TP group, build the inputs."""
+    """Read one micro batch on TP rank 0, broadcast it over the TP group, build the inputs
+    and keep this rank's chunk of the sequence (DeepSpeed-Ulysses; all of it otherwise)."""
     data = next(data_iterator) if data_iterator is not None else None
     text = tensor_parallel.broadcast_data(["text"], data, torch.int64)["text"]
     tokens = text[:, :-1].contiguous()
@@ -59,14 +80,28 @@ def get_batch(data_iterator, *, eod_token: int, reset_position_ids: bool,
     attention_mask, loss_mask, position_ids = get_ltor_masks_and_position_ids(
         tokens, eod_token=eod_token, reset_position_ids=reset_position_ids,
         reset_attention_mask=reset_attention_mask, eod_mask_loss=eod_mask_loss)
-    return {"tokens": tokens, "labels": labels, "loss_mask": loss_mask,
-            "attention_mask": attention_mask, "position_ids": position_ids}
+    batch = {"tokens": tokens, "labels": labels, "loss_mask": loss_mask,
+             "attention_mask": attention_mask, "position_ids": position_ids}
+    return sequence_parallel_chunk(
+        batch, sequence_parallel_rank=parallel_state.get_sequence_parallel_rank(),
+        sequence_parallel_size=parallel_state.get_sequence_parallel_world_size())
 
 
-def masked_mean_loss(per_token_loss: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of the per-token loss over the positions that count."""
+def masked_mean_loss(per_token_loss: torch.Tensor, loss_mask: torch.Tensor, *,
+                     sequence_parallel_group: Optional[Any] = None) -> torch.Tensor:
+    """Mean of the per-token loss over the positions that count.
+
+    With a sequence-parallel group each rank holds a chunk of the sequence: it divides its
+    own sum by the count of the WHOLE sequence, so the chunks' losses (and gradients) add
+    up to the mean over the whole sequence: DeepSpeed sums the gradients over the
+    sequence-parallel ranks (dividing by the data-parallel size only), and the engine sums
+    the reported losses the same way."""
     loss_mask = loss_mask.reshape(-1).float()
-    return torch.sum(per_token_loss.reshape(-1).float() * loss_mask) / loss_mask.sum()
+    count = loss_mask.sum()
+    if sequence_parallel_group is not None and dist.get_world_size(sequence_parallel_group) > 1:
+        count = count.detach().clone()
+        dist.all_reduce(count, group=sequence_parallel_group)
+    return torch.sum(per_token_loss.reshape(-1).float() * loss_mask) / count
 
 
 def tensor_parallel_source_holds_data() -> bool:

@@ -34,6 +34,19 @@ def _cycle(loader) -> Iterator:
     return itertools.chain.from_iterable(itertools.repeat(loader))
 
 
+def check_data_inputs(config: TrainingConfig) -> None:
+    """Open the datasets and check the split before any process group exists (no collective)."""
+    from megatron.data.gpt_dataset import check_dataset_inputs
+
+    data = config.data
+    check_dataset_inputs(
+        data_prefix=list(data.data_path) if data.data_path else None, splits_string=data.split,
+        train_valid_test_num_samples=train_valid_test_num_samples(config),
+        train_data_prefix=list(data.train_data_path) if data.train_data_path else None,
+        valid_data_prefix=list(data.valid_data_path) if data.valid_data_path else None,
+        test_data_prefix=list(data.test_data_path) if data.test_data_path else None)
+
+
 def build_data_iterators(config: TrainingConfig, state: TrainState) -> DataIterators:
     """Build the datasets on every rank (rank 0 writes the index cache), loaders on TP rank 0."""
     from megatron.data.data_samplers import build_pretraining_data_loader

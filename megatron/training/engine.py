@@ -6,13 +6,14 @@ driving `GPTModelPipe` (`train_batch` / `eval_batch` over all micro batches).
 """
 import copy
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
 from megatron.training.batch import get_batch, masked_mean_loss
 from megatron.core import parallel_state
+from megatron.core.utils import print_rank_0
 from megatron.training.model_stats import GradZeroCounter, params_l2_norm
 from megatron.training.nonfinite import NonFiniteStepGuard
 from megatron.training.timers import Timers
@@ -44,6 +45,27 @@ class BatchOptions:
     eod_mask_loss: bool
 
 
+def step_outcome(engine: Any, *, guard_skipped: bool) -> Tuple[bool, Optional[float], Optional[float]]:
+    """(skipped, grad norm, loss scale) of the step the DeepSpeed `engine` just finished.
+
+    Skipped: the non-finite guard refused it, or DeepSpeed applied no update (an fp16
+    overflow). A skipped step reports no grad norm. The loss scale is reported with fp16 only:
+    it is the value after the step, already lowered when the step overflowed.
+    """
+    skipped = guard_skipped or not engine.was_step_applied()
+    grad_norm = engine.get_global_grad_norm()
+    if torch.is_tensor(grad_norm):
+        grad_norm = grad_norm.item()
+    loss_scale = None
+    if engine.fp16_enabled():
+        # Every DeepSpeed fp16 optimizer (ZeRO 0-3) has `loss_scale`; older ones `cur_scale`.
+        optimizer = engine.optimizer
+        scale = getattr(optimizer, "loss_scale", None)
+        scale = getattr(optimizer, "cur_scale", None) if scale is None else scale
+        loss_scale = None if scale is None else float(scale)
+    return skipped, None if grad_norm is None or skipped else float(grad_norm), loss_scale
+
+
 class TrainingEngine:
     """A DeepSpeed engine plus the step logic for its kind."""
 
@@ -62,6 +84,9 @@ class TrainingEngine:
             mpu=None if pipeline else parallel_state.get_mpu(), dist_init_required=False)
         if pipeline:
             self.engine.set_batch_fn(self._pipe_batch)
+        if self.engine.zero_cpu_offload():
+            print_rank_0(f"> ZeRO-Offload: the optimizer state and step are on the CPU "
+                         f"({type(optimizer).__name__})")
         self.log_params_norm = log_params_norm
         # The gradients are only complete (and, under ZeRO, partitioned) inside the step.
         self.zero_counter = (GradZeroCounter(self.engine.optimizer, self.engine.module)
@@ -103,12 +128,15 @@ class TrainingEngine:
         mask = batch["attention_mask"] if self.batch_options.reset_attention_mask else None
         per_token = self.engine(batch["tokens"], batch["position_ids"], mask,
                                 labels=batch["labels"])
-        return masked_mean_loss(per_token, batch["loss_mask"])
+        return masked_mean_loss(per_token, batch["loss_mask"],
+                                sequence_parallel_group=parallel_state.get_sequence_parallel_group())
 
     def _average_over_data_parallel(self, value: torch.Tensor) -> float:
+        """Mean over data-parallel ranks of the loss summed over sequence-parallel ranks
+        (each holds its chunk's share of the whole sequence's mean)."""
         value = value.detach().float().clone()
-        if parallel_state.get_data_parallel_world_size() > 1:
-            dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
+        if parallel_state.get_sequence_data_parallel_world_size() > 1:
+            dist.all_reduce(value, group=parallel_state.get_sequence_data_parallel_group())
             value /= parallel_state.get_data_parallel_world_size()
         return value.item()
 
@@ -116,6 +144,8 @@ class TrainingEngine:
         timers = self.timers
         if self.zero_counter is not None:
             self.zero_counter.last_count = None
+        # An fp16 overflow skips the step before the guarded optimizer runs: no stale verdict.
+        self.guard.last_step_skipped = False
         if self.pipeline:
             timers("forward-backward", 1).start(barrier=True)
             loss = self.engine.train_batch(data_iter=data_iterator).item()
@@ -136,15 +166,9 @@ class TrainingEngine:
                 timers("optimizer", 1).stop()
                 losses.append(micro_loss.detach())
             loss = self._average_over_data_parallel(torch.stack(losses).mean())
-        skipped = self.guard.last_step_skipped or not self.engine.was_step_applied()
-        grad_norm = self.engine.get_global_grad_norm()
-        if torch.is_tensor(grad_norm):
-            grad_norm = grad_norm.item()
-        optimizer = self.engine.optimizer
-        loss_scale = getattr(optimizer, "cur_scale", None) if self.engine.fp16_enabled() else None
-        return StepResult(loss=loss, skipped=skipped,
-                          grad_norm=None if grad_norm is None or skipped else float(grad_norm),
-                          loss_scale=loss_scale,
+        skipped, grad_norm, loss_scale = step_outcome(self.engine,
+                                                      guard_skipped=self.guard.last_step_skipped)
+        return StepResult(loss=loss, skipped=skipped, grad_norm=grad_norm, loss_scale=loss_scale,
                           num_zeros_in_grad=(self.zero_counter.last_count
                                              if self.zero_counter is not None else None),
                           params_norm=(params_l2_norm(self.engine.module)

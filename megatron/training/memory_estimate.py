@@ -20,7 +20,9 @@ The arithmetic follows what this project's model and DeepSpeed 0.19 allocate:
   plus the TP-split part (QKV output, context, MLP intermediates) and the attention scores
   a·s²·b·(softmax + dropout mask + dropout output); e = activation bytes, m = 1 per dropout
   mask (on a CPU torch's dropout keeps its mask in the activation dtype: m = e). Sequence
-  parallel splits the replicated part too. Selective recompute drops the s² part, SDPA (--use-flash-attn) keeps only a log-sum-exp per row; full recompute keeps
+  parallel splits the replicated part too. DeepSpeed-Ulysses (`--ds-sequence-parallel-size`
+  N) gives each rank s/N tokens everywhere but in the core attention, which sees all s
+  tokens for heads/N heads; ZeRO then partitions over DP x N ranks. Selective recompute drops the s² part, SDPA (--use-flash-attn) keeps only a log-sum-exp per row; full recompute keeps
   each chunk's input and rebuilds one chunk in backward. Pipeline stage k holds
   min(PP - k, micro batches) micro batches in flight (1F1B). The last stage adds the logits
   and the loss's fp32 softmax (plus an fp32 copy of half-precision logits).
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from megatron.config.schema import TrainingConfig
+from megatron.model.pipeline_partition import FLOPS_METHOD, balanced_bounds
 from megatron.model.transformer_config import TransformerConfig
 
 GIB = 2 ** 30
@@ -160,7 +163,10 @@ def stage_parameters(config: TrainingConfig, vocab: int) -> List[Tuple[int, int,
         return [(model.num_layers, total, True, True)]
     names, weights = [name for name, _ in specs], [weight for _, weight in specs]
     head_index = 3 + model.num_layers
-    bounds = _stage_bounds(weights, names, p, parallel.pipeline_partition_method)
+    if parallel.pipeline_partition_method.lower() == FLOPS_METHOD:
+        bounds = balanced_bounds(model.with_padded_vocab_size(vocab), p)
+    else:
+        bounds = _stage_bounds(weights, names, p, parallel.pipeline_partition_method)
     stages = []
     for stage in range(p):
         chosen = range(bounds[stage], bounds[stage + 1])
@@ -175,11 +181,15 @@ def stage_parameters(config: TrainingConfig, vocab: int) -> List[Tuple[int, int,
 def layer_activation_bytes(model: TransformerConfig, *, micro_batch_size: int, seq_length: int,
                            tensor_model_parallel_size: int, sequence_parallel: bool,
                            element_size: int, fused_softmax: bool = False,
-                           dropout_mask_size: int = 1) -> dict:
+                           dropout_mask_size: int = 1, ulysses_size: int = 1) -> dict:
     """Bytes one transformer layer saves for backward for one micro batch, split into
     `replicated` (norm/linear inputs and dropout masks, split by TP only with sequence
-    parallelism), `split` (TP-split activations) and `scores` (the s x s attention part)."""
-    s, b, h, t, e = seq_length, micro_batch_size, model.hidden_size, tensor_model_parallel_size, element_size
+    parallelism), `split` (TP-split activations) and `scores` (the s x s attention part).
+    `ulysses_size` N: this rank holds s/N tokens, and the core attention all s tokens of
+    heads/N heads (the same q/k/v/context bytes, traded by all-to-all)."""
+    full_s = seq_length
+    s, b, h, t, e = (seq_length // ulysses_size, micro_batch_size, model.hidden_size,
+                     tensor_model_parallel_size, element_size)
     sbh = s * b * h
     hidden_mask = dropout_mask_size if model.hidden_dropout > 0 else 0
     replicated = sbh * (4 * e + 2 * hidden_mask)
@@ -187,14 +197,14 @@ def layer_activation_bytes(model: TransformerConfig, *, micro_batch_size: int, s
     kv = model.num_key_value_heads * model.kv_channels
     fc1_out = 2 * model.ffn_hidden_size if model.activation == "swiglu" else model.ffn_hidden_size
     split = s * b * e * ((query + 2 * kv) + query + fc1_out + model.ffn_hidden_size) // t
-    heads = model.num_attention_heads // t
+    heads = model.num_attention_heads // t // ulysses_size
     if model.use_flash_attn:
-        scores = heads * s * b * 4  # SDPA keeps the output (counted above) and a log-sum-exp
+        scores = heads * full_s * b * 4  # SDPA keeps the output (counted above) and a log-sum-exp
     else:
         half = e == 2
         softmax = 4 if (half and model.attention_softmax_in_fp32 and not fused_softmax) else e
         dropout = (dropout_mask_size + e) if model.attention_dropout > 0 else 0
-        scores = heads * s * s * b * (softmax + dropout)
+        scores = heads * full_s * full_s * b * (softmax + dropout)
     if sequence_parallel:
         replicated //= t
     return {"replicated": replicated, "split": split, "scores": scores}
@@ -216,16 +226,17 @@ def stage_activation_bytes(config: TrainingConfig, *, num_layers: int, vocab: in
                            dropout_mask_size: int = 1) -> int:
     """Activations one rank of a stage holds at its peak (in-flight micro batches included)."""
     model, parallel = config.model, config.parallel
-    t = parallel.tensor_model_parallel_size
-    s, b = config.data.seq_length, config.batch.micro_batch_size
+    t, ulysses = parallel.tensor_model_parallel_size, parallel.ds_sequence_parallel_size
+    b = config.batch.micro_batch_size
     e = _BYTES[config.precision.dtype]
     if model.fp32_residual_connection:
         e = 4
-    parts = layer_activation_bytes(model, micro_batch_size=b, seq_length=s,
+    parts = layer_activation_bytes(model, micro_batch_size=b, seq_length=config.data.seq_length,
                                    tensor_model_parallel_size=t,
                                    sequence_parallel=parallel.sequence_parallel,
                                    element_size=e, fused_softmax=fused_softmax,
-                                   dropout_mask_size=dropout_mask_size)
+                                   dropout_mask_size=dropout_mask_size, ulysses_size=ulysses)
+    s = config.data.seq_length // ulysses  # this rank's tokens outside the core attention
     full_layer = parts["replicated"] + parts["split"] + parts["scores"]
     layer_input = s * b * model.hidden_size * e // (t if parallel.sequence_parallel else 1)
     kind, chunk = _recompute(model)
@@ -269,7 +280,9 @@ def _grad_accum_bytes(config: TrainingConfig) -> int:
 def model_state_bytes(config: TrainingConfig, num_parameters: int, *, accelerator: str) -> dict:
     """parameters, gradients, optimizer_state and step_buffers bytes of one rank holding
     `num_parameters` (its TP/PP shard)."""
-    zero, dp = config.parallel.zero_stage, config.parallel.data_parallel_size
+    # ZeRO partitions over every rank holding the same weights: DP x Ulysses ranks.
+    zero = config.parallel.zero_stage
+    dp = config.parallel.data_parallel_size * config.parallel.ds_sequence_parallel_size
     dtype = config.precision.dtype
     e, g = _BYTES[dtype], _grad_accum_bytes(config)
     n, shard = num_parameters, math.ceil(num_parameters / dp)

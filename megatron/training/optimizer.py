@@ -50,9 +50,27 @@ def _fused_supported(device_type: str) -> bool:
     return device_type == "cpu" or (device_type == "cuda" and torch.cuda.is_available())
 
 
+def _deepspeed_cpu_adam(groups: List[ParamGroup], config: OptimizerConfig) -> torch.optim.Optimizer:
+    """DeepSpeed's AVX Adam for ZeRO-Offload (--cpu-optimizer), in AdamW mode like the torch one.
+
+    Its C++ extension is compiled on first use (ninja, -march=native) into DeepSpeed's
+    extension cache ($TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions); later runs load it.
+    """
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    try:
+        return DeepSpeedCPUAdam(groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                                eps=config.adam_eps, weight_decay=config.weight_decay, adamw_mode=True)
+    except (ImportError, OSError, RuntimeError) as error:
+        raise RuntimeError(f"--cpu-optimizer: DeepSpeed's cpu_adam extension could not be built or "
+                           f"loaded ({type(error).__name__}: {error}); it needs a C++ compiler and "
+                           "ninja") from error
+
+
 def build_optimizer(param_groups: Iterable[ParamGroup], optimizer_config: OptimizerConfig, *,
                     device_type: str) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA and CPU) or SGD with the configured hyper-parameters.
+    """AdamW (fused on CUDA and CPU; DeepSpeed's CPU Adam with --cpu-optimizer) or SGD with
+    the configured hyper-parameters.
 
     `device_type` is the accelerator's device name ("cpu", "cuda", ...). Gradient clipping is
     DeepSpeed's job (`gradient_clipping` in the DeepSpeed config), not the optimizer's.
@@ -61,6 +79,8 @@ def build_optimizer(param_groups: Iterable[ParamGroup], optimizer_config: Optimi
     if not groups:
         raise ValueError("no trainable parameters to optimize")
     config = optimizer_config
+    if config.cpu_optimizer:
+        return _deepspeed_cpu_adam(groups, config)
     if config.optimizer == "adam":
         extra = {"fused": True} if _fused_supported(device_type) else {}
         return torch.optim.AdamW(groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),

@@ -1,5 +1,6 @@
 """Set up a pretraining run from a validated configuration and run it."""
 import argparse
+import contextlib
 import functools
 import time
 from typing import Optional
@@ -21,13 +22,13 @@ def _device_type() -> str:
 
 def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = None,
               save_hooks: Optional[SaveHooks] = None) -> RunContext:
-    """Process groups, seeds, tokenizer, model, optimizer, engine, checkpoint and data, in
-    that order. `args` (the parsed flags) is stored in checkpoints as upstream does;
+    """Tokenizer and data files (checked before the first collective), process groups, seeds,
+    model, optimizer, engine, checkpoint and data loaders, in that order. `args` (the parsed flags) is stored in checkpoints as upstream does;
     `save_hooks` are the checkpoint fault-injection points tests use."""
     from megatron.checkpointing import Checkpointer, ModelFingerprint
     from megatron.training.layout_change import load_on_other_layout
     from megatron.config.scheduler_args import optimizer_param_scheduler_kwargs
-    from megatron.training.data_iterators import build_data_iterators
+    from megatron.training.data_iterators import build_data_iterators, check_data_inputs
     from megatron.training.engine import BatchOptions, TrainingEngine
     from megatron.initialize import initialize_distributed, set_random_seeds
     from megatron.training.model_builder import build_model
@@ -38,11 +39,22 @@ def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = No
 
     start_time = time.monotonic()
     parallel = config.parallel
-    initialize_distributed(tensor_model_parallel_size=parallel.tensor_model_parallel_size,
-                           pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
-                           ds_sequence_parallel_size=parallel.ds_sequence_parallel_size,
-                           timeout_minutes=parallel.distributed_timeout_minutes,
-                           backend=parallel.distributed_backend)
+    data = config.data
+    # Input files are read before the first collective: a bad one stops every rank alike, and
+    # no rank waits in a rendezvous or a collective for one that has already left.
+    tokenizer = build_tokenizer(
+        data.tokenizer_type, vocab_file=data.vocab_file, merge_file=data.merge_file,
+        tokenizer_model=data.tokenizer_model, vocab_size=data.vocab_size,
+        make_vocab_size_divisible_by=data.make_vocab_size_divisible_by,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        trust_remote_code=data.trust_remote_code)
+    check_data_inputs(config)
+    with _rendezvous_error():
+        initialize_distributed(tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+                               pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+                               ds_sequence_parallel_size=parallel.ds_sequence_parallel_size,
+                               timeout_minutes=parallel.distributed_timeout_minutes,
+                               backend=parallel.distributed_backend)
     checkpointing = config.activation_checkpointing
     if config.model.deepspeed_activation_checkpointing:
         from megatron.core import parallel_state
@@ -58,13 +70,6 @@ def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = No
     set_random_seeds(config.seed)
     print_rank_0(f"> {_parallel_layout_summary(config)}")
 
-    data = config.data
-    tokenizer = build_tokenizer(
-        data.tokenizer_type, vocab_file=data.vocab_file, merge_file=data.merge_file,
-        tokenizer_model=data.tokenizer_model, vocab_size=data.vocab_size,
-        make_vocab_size_divisible_by=data.make_vocab_size_divisible_by,
-        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
-        trust_remote_code=data.trust_remote_code)
     print_rank_0(f"> tokenizer {data.tokenizer_type}: vocab {tokenizer.vocab_size}, "
                  f"padded to {tokenizer.padded_vocab_size}")
 
@@ -114,6 +119,26 @@ def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = No
     context.on_iteration_end.append(
         _save_and_exit_hook(checkpointer, _exit_conditions(config, start_time), config))
     return context
+
+
+@contextlib.contextmanager
+def _rendezvous_error():
+    """A process group that cannot start (e.g. its port taken) is one line naming
+    MASTER_ADDR:MASTER_PORT, not a traceback."""
+    import os
+
+    import torch.distributed as dist
+    from megatron.training.loop import TrainingError
+
+    try:
+        yield
+    except dist.DistError as error:
+        address = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        lines = str(error).strip().splitlines()
+        reason = lines[0] if lines else type(error).__name__
+        raise TrainingError(f"cannot start the process group at MASTER_ADDR:MASTER_PORT "
+                            f"{address} ({reason}); is the port in use? give the launcher "
+                            "another --master_port") from None
 
 
 def _scalar_writer(config: TrainingConfig, args: Optional[argparse.Namespace]):

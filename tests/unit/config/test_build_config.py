@@ -239,7 +239,7 @@ def test_unsupported_flag_rejected(entry):
     (["--num-experts", "4"], "--num-experts"), (["--use-distributed-optimizer"], "--use-distributed-optimizer"),
     (["--universal-checkpoint"], "--universal-checkpoint"),
     (["--num-layers-per-virtual-pipeline-stage", "2"], "--num-layers-per-virtual-pipeline-stage"),
-    (["--ds-sequence-parallel-size", "2"], "--ds-sequence-parallel-size")])
+    (["--ds-sequence-parallel-fpdt"], "--ds-sequence-parallel-fpdt")])
 def test_unsupported_flags_from_the_command_line(argv, flag):
     with pytest.raises(ValueError, match=re.escape(flag) + r" is not supported yet"):
         build(argv)
@@ -265,7 +265,7 @@ IMPLEMENTED = ["--checkpoint-activations", "--recompute-granularity", "--recompu
                "--load-tag", "--no-load-optim", "--no-load-rng", "--finetune", "--no-save-optim", "--no-save-rng",
                "--deepspeed-activation-checkpointing", "--partition-activations", "--checkpoint-in-cpu",
                "--openai-gelu", "--use-cpu-initialization", "--no-position-embedding", "--log-params-norm",
-               "--log-num-zeros-in-grad"]
+               "--log-num-zeros-in-grad", "--ds-sequence-parallel-size"]
 
 
 def test_implemented_features_are_not_in_the_unsupported_table():

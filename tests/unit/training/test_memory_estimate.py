@@ -175,3 +175,23 @@ def test_unknown_vocabulary_is_refused():
                        world_size=1, accelerator_name="cpu")
     with pytest.raises(ValueError, match="--padded-vocab-size"):
         me.estimate_memory(cfg)
+
+
+def test_ulysses_halves_layer_activations_and_shards_zero_over_its_ranks():
+    """SP2 (DeepSpeed-Ulysses): s/2 tokens per rank outside the core attention, all s tokens of
+    2 of the 4 heads inside it: every part of a layer's activations is exactly half of one
+    rank's (s32 and 4 heads divide by 2); ZeRO-1 shards over DP1 x SP2 like DP2."""
+    one = config("--no-pipeline-parallel")
+    two = config("--no-pipeline-parallel", "--ds-sequence-parallel-size", "2", world_size=2)
+    assert two.parallel.data_parallel_size == 1
+    kwargs = dict(micro_batch_size=2, tensor_model_parallel_size=1, sequence_parallel=False,
+                  element_size=4)
+    whole = me.layer_activation_bytes(one.model, seq_length=32, **kwargs)
+    half = me.layer_activation_bytes(two.model, seq_length=32, ulysses_size=2, **kwargs)
+    # scores: 4 heads * 32 * 32 * b2 * (softmax 4 + dropout mask 1 + dropout output 4) vs 2 heads
+    assert whole["scores"] == 4 * 32 * 32 * 2 * 9 and half["scores"] == 2 * 32 * 32 * 2 * 9
+    assert {key: 2 * value for key, value in half.items()} == whole
+    dp2 = config("--no-pipeline-parallel", world_size=2)
+    n = 134912
+    assert (me.model_state_bytes(two, n, accelerator="cpu")
+            == me.model_state_bytes(dp2, n, accelerator="cpu"))
