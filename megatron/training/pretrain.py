@@ -73,6 +73,10 @@ def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = No
     print_rank_0(f"> tokenizer {data.tokenizer_type}: vocab {tokenizer.vocab_size}, "
                  f"padded to {tokenizer.padded_vocab_size}")
 
+    if _device_type() == "cpu":
+        from megatron.training.cpu_allocator import retain_freed_memory
+
+        retain_freed_memory()  # reuse the pages of each micro-batch's large tensors
     config = config.with_padded_vocab_size(tokenizer.padded_vocab_size)
     model = build_model(config)
     optimizer = build_optimizer(get_param_groups(model, weight_decay=config.optimizer.weight_decay),

@@ -43,12 +43,13 @@ def project_flags(data_flags, *, iters: int, precision: str, engine: str) -> lis
             *(["--bf16"] if precision == "bf16" else [])]
 
 
-def plain_command(data_flags, *, iters: int, precision: str) -> list:
+def plain_command(data_flags, *, iters: int, precision: str, retain_freed_memory: bool) -> list:
     data = data_flags[data_flags.index("--data-path") + 1]
     return [sys.executable, str(Path(__file__).resolve().parent / "plain_gpt_loop.py"),
             "--layers", str(LAYERS), "--hidden", str(HIDDEN), "--heads", str(HEADS),
             "--seq", str(SEQ), "--batch", str(BATCH), "--iters", str(iters),
-            "--precision", precision, "--data-path", data]
+            "--precision", precision, "--data-path", data,
+            *(["--retain-freed-memory"] if retain_freed_memory else [])]
 
 
 def main() -> int:
@@ -59,6 +60,8 @@ def main() -> int:
     parser.add_argument("--skip", type=int, default=2, help="iterations left out of the median")
     parser.add_argument("--engine", choices=["pipeline", "zero"], default="pipeline")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
+    parser.add_argument("--plain-retains-freed-memory", action="store_true",
+                        help="give the plain loop the malloc policy pretrain_gpt.py uses on CPU")
     args = parser.parse_args()
 
     tokens = BATCH * SEQ
@@ -71,7 +74,8 @@ def main() -> int:
             runs = {"plain": [], "project": []}
             for round_index in range(args.rounds):
                 for name in ("plain", "project"):
-                    command = (plain_command(data_flags, iters=args.iters, precision=precision)
+                    command = (plain_command(data_flags, iters=args.iters, precision=precision,
+                                                 retain_freed_memory=args.plain_retains_freed_memory)
                                if name == "plain" else
                                sbs.project_command(1, project_flags(
                                    data_flags, iters=args.iters, precision=precision,
@@ -87,7 +91,8 @@ def main() -> int:
                               for name in ("plain", "project"))
             rows.append((precision, plain, project))
 
-    print(f"\n125M (12L h768 s512, batch 2), 1 process x 1 thread, engine: {args.engine}")
+    print(f"\n125M (12L h768 s512, batch 2), 1 process x 1 thread, engine: {args.engine}, plain "
+          f"loop {'with' if args.plain_retains_freed_memory else 'without'} the CPU malloc policy")
     print("| precision | plain PyTorch loop tokens/s | pretrain_gpt.py tokens/s | ratio | goal |")
     print("| --- | --- | --- | --- | --- |")
     for precision, plain, project in rows:

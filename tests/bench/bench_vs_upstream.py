@@ -82,7 +82,7 @@ def main() -> int:
                        for name, found in runs.items()}
             rows.append((layout, ranks, threads, figures["upstream"], figures["project"], target))
 
-    print(f"\n| layout | ranks x threads | upstream tokens/s | this project tokens/s | ratio | target |")
+    print("\n| layout | ranks x threads | upstream tokens/s | this project tokens/s | ratio | target |")
     print("| --- | --- | --- | --- | --- | --- |")
     for layout, ranks, threads, theirs, ours, target in rows:
         print(f"| {layout} | {ranks} x {threads} | {sbs.fmt(theirs)} | {sbs.fmt(ours)} | "

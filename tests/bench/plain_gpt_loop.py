@@ -130,7 +130,18 @@ def main() -> None:
                         help="auto: the faster of SDPA and matmul+softmax for the call")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--data-path", default=None, help="indexed dataset prefix (uint16 .bin)")
+    parser.add_argument("--retain-freed-memory", action="store_true",
+                        help="the malloc policy pretrain_gpt.py applies on CPU "
+                             "(megatron/training/cpu_allocator.py); off: what a plain loop does")
     args = parser.parse_args()
+    if args.retain_freed_memory:
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        from megatron.training.cpu_allocator import retain_freed_memory
+
+        retain_freed_memory()
 
     torch.manual_seed(1234)
     model = PlainGPT(vocab=args.vocab, layers=args.layers, hidden=args.hidden, heads=args.heads,

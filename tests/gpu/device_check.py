@@ -11,8 +11,8 @@ $OUT back), a failed or timed-out step recorded and the next one run:
      scale falls) for a few iterations: the losses and loss scales.
 
 --dry-run (or DRY_RUN=1) runs the same steps at tiny sizes on the CPU: bf16 training, and for
-(d), since DeepSpeed refuses fp16 on a CPU, a check that build_config accepts the fp16 flags
-for a CUDA accelerator. Exit status: 0 when every step passed.
+(d), since this project refuses fp16 on a CPU (fp16 with loss scaling is for GPUs), a check that
+build_config accepts the fp16 flags for a CUDA accelerator. Exit status: 0 when every step passed.
 """
 import argparse
 import os
@@ -164,7 +164,7 @@ def main() -> int:
         # d. fp16 with dynamic loss scaling
         if dry:
             try:
-                report.add("d. fp16 flags (dry run: DeepSpeed refuses fp16 on a CPU)",
+                report.add("d. fp16 flags (dry run: fp16 is refused on a CPU)",
                            fp16_flags_accepted())
             except Exception as error:  # noqa: BLE001 - recorded, the script goes on
                 report.failed.append("d. fp16 flags")
