@@ -125,7 +125,7 @@ def main() -> int:
     tflops = flops / (ms / 1000.0) / ranks / 1e12
     mfu = 100.0 * tflops / peak_per_rank
     print("| shape | layout | precision | threads/rank | ms/iter | tokens/s (total) | "
-          f"TFLOP/s per rank | matmul peak per rank | MFU |")
+          "TFLOP/s per rank | matmul peak per rank | MFU |")
     print(f"| {args.shape} | {args.layout} | {args.precision} | {threads} | {ms:.1f} | "
           f"{tokens_per_second:.0f} | {tflops:.3f} | {peak_per_rank:.3f} | {mfu:.1f}% |")
     return 0
