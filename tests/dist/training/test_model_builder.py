@@ -117,26 +117,33 @@ def describe_built_model(flags: List[str]) -> dict:
 
 # Per layer: 2 norm weights + 2 norm biases + 2 row-parallel biases; then the final norm.
 SEQUENCE_PARALLEL_PARAMS = 6 * NUM_LAYERS + 2
-PLAIN = {"class": "GPTModel", "dtypes": ["torch.float32"], "recomputed": [], "sdpa_calls": 0,
+# fp32 without dropout on a CPU: the default attention is SDPA (the faster exact path there);
+# every recomputed layer calls it once more in backward.
+PLAIN = {"class": "GPTModel", "dtypes": ["torch.float32"], "recomputed": [], "sdpa_calls": NUM_LAYERS,
          "sequence_parallel_linears": [False], "sequence_parallel_params": 0,
          "gradient_hooks": 0, "tp": 1}
 NO_PIPE = ["--no-pipeline-parallel"]
 CASES = {
     "pipeline-engine": ([], {"class": "GPTModelPipe"}),
     "no-pipeline-parallel": (NO_PIPE, {}),
-    "bf16": (NO_PIPE + ["--bf16"], {"dtypes": ["torch.bfloat16"]}),
-    "use-flash-attn": (NO_PIPE + ["--use-flash-attn"], {"sdpa_calls": NUM_LAYERS}),
+    # bf16 on a CPU: the classic path is the faster one, unless SDPA is forced.
+    "bf16": (NO_PIPE + ["--bf16"], {"dtypes": ["torch.bfloat16"], "sdpa_calls": 0}),
+    "bf16-use-flash-attn": (NO_PIPE + ["--bf16", "--use-flash-attn"],
+                            {"dtypes": ["torch.bfloat16"], "sdpa_calls": NUM_LAYERS}),
+    "use-classic-attention": (NO_PIPE + ["--use-classic-attention"], {"sdpa_calls": 0}),
     "checkpoint-activations": (NO_PIPE + ["--checkpoint-activations"],
-                               {"recomputed": ["layers"] * NUM_LAYERS}),
+                               {"recomputed": ["layers"] * NUM_LAYERS, "sdpa_calls": 2 * NUM_LAYERS}),
     "full-uniform": (NO_PIPE + ["--recompute-granularity", "full", "--recompute-method",
                                 "uniform", "--recompute-num-layers", "2"],
-                     {"recomputed": ["layers"]}),
+                     {"recomputed": ["layers"], "sdpa_calls": 2 * NUM_LAYERS}),
     "full-block": (NO_PIPE + ["--recompute-granularity", "full", "--recompute-method", "block",
-                              "--recompute-num-layers", "1"], {"recomputed": ["layers"]}),
+                              "--recompute-num-layers", "1"],
+                   {"recomputed": ["layers"], "sdpa_calls": NUM_LAYERS + 1}),
     "selective": (NO_PIPE + ["--recompute-granularity", "selective"],
-                  {"recomputed": ["attention"] * NUM_LAYERS}),
+                  {"recomputed": ["attention"] * NUM_LAYERS, "sdpa_calls": 2 * NUM_LAYERS}),
     "recompute-activations": (NO_PIPE + ["--recompute-activations"],
-                              {"recomputed": ["attention"] * NUM_LAYERS}),
+                              {"recomputed": ["attention"] * NUM_LAYERS,
+                               "sdpa_calls": 2 * NUM_LAYERS}),
     "sequence-parallel": (NO_PIPE + ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
                           {"tp": 2, "sequence_parallel_linears": [True],
                            "sequence_parallel_params": SEQUENCE_PARALLEL_PARAMS,
@@ -149,12 +156,15 @@ CASES = {
          "gradient_hooks": SEQUENCE_PARALLEL_PARAMS}),
     "pipeline-checkpoint-activations": (["--checkpoint-activations"],
                                         {"class": "GPTModelPipe",
-                                         "recomputed": ["layers"] * NUM_LAYERS}),
+                                         "recomputed": ["layers"] * NUM_LAYERS,
+                                         "sdpa_calls": 2 * NUM_LAYERS}),
     "pipeline-full-block": (["--recompute-granularity", "full", "--recompute-method", "block",
                              "--recompute-num-layers", "1"],
-                            {"class": "GPTModelPipe", "recomputed": ["layers"]}),
+                            {"class": "GPTModelPipe", "recomputed": ["layers"],
+                             "sdpa_calls": NUM_LAYERS + 1}),
     "pipeline-selective": (["--recompute-granularity", "selective"],
-                           {"class": "GPTModelPipe", "recomputed": ["attention"] * NUM_LAYERS}),
+                           {"class": "GPTModelPipe", "recomputed": ["attention"] * NUM_LAYERS,
+                            "sdpa_calls": 2 * NUM_LAYERS}),
 }
 
 
