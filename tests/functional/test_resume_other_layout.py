@@ -86,8 +86,11 @@ def test_the_optimizer_state_is_carried_over(dataset, reference, tmp_path):
     code, errors, output = run_pretrain_refused(tiny_gpt_args(dataset, train_iters=2 * N, extra=[
         *NO_DROPOUT, "--pipeline-model-parallel-size", "4", "--load", str(tmp_path / "saved"),
         "--save", str(tmp_path / "saved"), "--save-interval", str(N)]), num_procs=4)
-    assert len(errors) == 4 and all("must be divisible by --pipeline-model-parallel-size 4" in line
-                                    for line in errors), output[-2000:]
+    # torchrun stops the other ranks as soon as one exits, so some may be stopped before they
+    # print (tests/functional/test_bad_inputs.py starts ranks directly to see every line).
+    assert code != 0 and 1 <= len(errors) <= 4, output[-2000:]
+    assert all("must be divisible by --pipeline-model-parallel-size 4" in line
+               for line in errors), output[-2000:]
     assert sorted(path.name for path in (tmp_path / "saved").rglob("*")) == before
 
 
