@@ -23,8 +23,9 @@ def _device_type() -> str:
 def build_run(config: TrainingConfig, *, args: Optional[argparse.Namespace] = None,
               save_hooks: Optional[SaveHooks] = None) -> RunContext:
     """Tokenizer and data files (checked before the first collective), process groups, seeds,
-    model, optimizer, engine, checkpoint and data loaders, in that order. `args` (the parsed flags) is stored in checkpoints as upstream does;
-    `save_hooks` are the checkpoint fault-injection points tests use."""
+    model, optimizer, engine, checkpoint and data loaders, in that order. `args` (the parsed
+    flags) is stored in checkpoints as upstream does; `save_hooks` are the checkpoint
+    fault-injection points tests use."""
     from megatron.checkpointing import Checkpointer, ModelFingerprint
     from megatron.training.layout_change import load_on_other_layout
     from megatron.config.scheduler_args import optimizer_param_scheduler_kwargs
