@@ -1,7 +1,9 @@
-"""Test-only entry point: pretrain_gpt.py that prints, on every rank once its process groups
-exist, where the launcher put it and which ranks share each of its groups:
+"""Test-only entry point: pretrain_gpt.py that writes, on every rank once its process groups
+exist, where the launcher put it and which ranks share each of its groups, as one JSON file
+per rank in the folder named by RANK_REPORT_DIR (files, not stdout: the launcher's ranks share
+one pipe and their lines can interleave):
 
-    rank-report {"rank": 2, "local_rank": 0, "node": 1, "tensor": [2, 3], ...}
+    rank2.json: {"rank": 2, "local_rank": 0, "node": 1, "tensor": [2, 3], ...}
 
 Used by the multi-node test to check the launcher's ranks and the parallel groups; not part of
 the product.
@@ -30,8 +32,10 @@ def main() -> int:
         report = {"rank": dist.get_rank(), "world": dist.get_world_size(),
                   "env_rank": int(os.environ["RANK"]), "local_rank": int(os.environ["LOCAL_RANK"]),
                   "node": int(os.environ.get("CROSS_RANK", "0")),
+                  "launched_by": int(os.environ["RANK_REPORT_LAUNCHER"]),
                   **{name: dist.get_process_group_ranks(group) for name, group in groups.items()}}
-        print(f"rank-report {json.dumps(report)}", flush=True)
+        path = Path(os.environ["RANK_REPORT_DIR"]) / f"rank{report['rank']}.json"
+        path.write_text(json.dumps(report))
 
     initialize.initialize_distributed = initialize_and_report  # build_run imports it when called
     return pretrain_gpt.main(sys.argv[1:])

@@ -24,10 +24,12 @@ ITERATIONS, STOP = 6, 3
 LAYOUT = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
 
 
-def _launch_two_nodes(args, hostfile: Path, *, timeout: float = 300):
+def _launch_two_nodes(args, hostfile: Path, report_dir: Path, *, timeout: float = 300):
     """Both nodes' launchers started at once; (exit codes, outputs) of node 0 and node 1."""
     port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
+    report_dir.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1",
+               RANK_REPORT_DIR=str(report_dir))
     nodes = []
     try:
         for node in (0, 1):
@@ -35,7 +37,7 @@ def _launch_two_nodes(args, hostfile: Path, *, timeout: float = 300):
                 [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile),
                  "--no_ssh", "--node_rank", str(node), "--master_addr", "127.0.0.1",
                  "--master_port", str(port), str(RANK_REPORT_ENTRY), *args],
-                cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT, env=dict(env, RANK_REPORT_LAUNCHER=str(node)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 text=True))
         outputs = [node.communicate(timeout=timeout)[0] for node in nodes]
     finally:
@@ -44,9 +46,11 @@ def _launch_two_nodes(args, hostfile: Path, *, timeout: float = 300):
     return [node.returncode for node in nodes], outputs
 
 
-def _reports(output: str):
-    return [json.loads(line.split("rank-report ", 1)[1]) for line in output.splitlines()
-            if line.startswith("rank-report ") or "] rank-report " in line]
+def _reports(report_dir: Path):
+    """Every rank's report, by node, in rank order."""
+    reports = sorted((json.loads(path.read_text()) for path in report_dir.glob("rank*.json")),
+                     key=lambda report: report["rank"])
+    return {node: [r for r in reports if r["launched_by"] == node] for node in (0, 1)}
 
 
 def test_two_nodes_place_ranks_and_groups_and_their_checkpoint_resumes_on_one(tmp_path):
@@ -66,11 +70,10 @@ def test_two_nodes_place_ranks_and_groups_and_their_checkpoint_resumes_on_one(tm
     directory = tmp_path / "checkpoints"
     codes, outputs = _launch_two_nodes(
         args("--save", str(directory), "--save-interval", str(STOP), "--exit-interval", str(STOP)),
-        hostfile)
+        hostfile, tmp_path / "reports")
     assert codes == [0, 0], "\n".join(output[-3000:] for output in outputs)
 
-    reports = {node: sorted(_reports(output), key=lambda r: r["rank"])
-               for node, output in enumerate(outputs)}
+    reports = _reports(tmp_path / "reports")
     assert [(r["rank"], r["env_rank"], r["local_rank"], r["node"], r["world"])
             for node in (0, 1) for r in reports[node]] == [
         (0, 0, 0, 0, 4), (1, 1, 1, 0, 4), (2, 2, 0, 1, 4), (3, 3, 1, 1, 4)]
