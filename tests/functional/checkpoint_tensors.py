@@ -5,15 +5,18 @@ from typing import Any, Dict
 import torch
 
 
-def _collect(value: Any, name: str, found: Dict[str, torch.Tensor]) -> None:
+def collect_tensors(value: Any, name: str,
+                    found: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Every tensor inside nested dicts/lists/tuples, added to `found` keyed by its path."""
     if torch.is_tensor(value):
         found[name] = value
     elif isinstance(value, dict):
         for key, item in value.items():
-            _collect(item, f"{name}.{key}", found)
+            collect_tensors(item, f"{name}.{key}", found)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _collect(item, f"{name}[{index}]", found)
+            collect_tensors(item, f"{name}[{index}]", found)
+    return found
 
 
 def checkpoint_tensors(tag_dir: Path, *, with_rng: bool = True) -> Dict[str, torch.Tensor]:
@@ -24,7 +27,7 @@ def checkpoint_tensors(tag_dir: Path, *, with_rng: bool = True) -> Dict[str, tor
     for path in sorted(tag_dir.glob("*.pt")):
         if not with_rng and path.name.startswith("rng_state"):
             continue
-        _collect(torch.load(path, map_location="cpu", weights_only=False), path.name, found)
+        collect_tensors(torch.load(path, map_location="cpu", weights_only=False), path.name, found)
     return found
 
 

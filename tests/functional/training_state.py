@@ -14,6 +14,7 @@ from typing import Dict, Sequence
 import torch
 
 from tests import processes
+from tests.functional.checkpoint_tensors import collect_tensors
 from tests.functional.launch import REPO_ROOT, pretrain_command, tiny_gpt_args
 
 NONFINITE_ENTRY = Path(__file__).with_name("nonfinite_entry.py")
@@ -30,19 +31,6 @@ def run_with_injected_nan(data_prefix: str, iterations: int, spec: str, *, extra
                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-def _tensors(value, path: str, into: dict) -> dict:
-    """Every tensor inside nested dicts/lists, keyed by its path."""
-    if torch.is_tensor(value):
-        into[path] = value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _tensors(item, f"{path}/{key}", into)
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            _tensors(item, f"{path}/{index}", into)
-    return into
-
-
 def saved_training_state(save_dir: Path, iteration: int) -> Dict[str, torch.Tensor]:
     """The model's weights ("module/..." from `mp_rank_*_model_states.pt`, or the pipeline
     engine's `layer_*` files), the optimizer state ("optimizer/...": AdamW's step, exp_avg,
@@ -56,15 +44,16 @@ def saved_training_state(save_dir: Path, iteration: int) -> Dict[str, torch.Tens
     for path in model_files:
         model = torch.load(path, map_location="cpu", weights_only=False)
         if model.get("module") is not None:
-            _tensors(model["module"], f"module/{path.name}", state)
+            collect_tensors(model["module"], f"module/{path.name}", state)
         if not zero_files:
-            _tensors(model["optimizer"], f"optimizer/{path.name}", state)
+            collect_tensors(model["optimizer"], f"optimizer/{path.name}", state)
         state[f"scheduler steps/{path.name}"] = torch.tensor(model["opt_param_scheduler"]["num_steps"])
     for path in sorted(step.glob("layer_*-model_*-model_states.pt")):
-        _tensors(torch.load(path, map_location="cpu", weights_only=False), f"module/{path.name}", state)
+        collect_tensors(torch.load(path, map_location="cpu", weights_only=False),
+                        f"module/{path.name}", state)
     for path in zero_files:
         shard = torch.load(path, map_location="cpu", weights_only=False)["optimizer_state_dict"]
-        _tensors(shard, f"optimizer/{path.name}", state)
+        collect_tensors(shard, f"optimizer/{path.name}", state)
     for part in ("exp_avg", "exp_avg_sq", "step"):
         assert any(name.endswith(part) for name in state), f"no {part} in {sorted(state)}"
     assert any(name.startswith("module/") for name in state), f"no weights in {step}"
