@@ -41,10 +41,28 @@ def initialize_distributed(*, tensor_model_parallel_size: int, pipeline_model_pa
         deepspeed.init_distributed(dist_backend=backend or accelerator.communication_backend_name(),
                                    auto_mpi_discovery=False,
                                    timeout=datetime.timedelta(minutes=timeout_minutes))
+        _unlink_shared_memory_segment(accelerator.device_name())
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size,
                                                  pipeline_model_parallel_size,
                                                  ds_sequence_parallel_size)
+
+
+def _unlink_shared_memory_segment(device_name: str) -> None:
+    """Remove this rank's name of DeepSpeed's CPU all-reduce segment once every rank has mapped
+    it. DeepSpeed creates one 64 MiB /dev/shm segment per rank when all ranks share a machine
+    (its launcher sets LOCAL_SIZE) and never unlinks it: every run, even one that ends cleanly,
+    would leave its segments in memory-backed /dev/shm. The mappings stay valid after unlink."""
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if device_name != "cpu" or os.environ.get("LOCAL_SIZE") != world_size:
+        return
+    torch.distributed.barrier()  # every rank has opened every other rank's segment by now
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{torch.distributed.get_rank()}")
+    try:
+        os.unlink(os.path.join("/dev/shm", name))
+    except FileNotFoundError:  # DeepSpeed without its shared-memory op, or not on Linux
+        pass
 
 
 def set_random_seeds(seed: int) -> None:
