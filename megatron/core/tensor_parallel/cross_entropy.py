@@ -10,37 +10,60 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel.utils import VocabUtility
 
 
+# On a CPU, rows of logits go through the loss in chunks of about this many bytes of fp32 work:
+# a chunk stays in a core's L2 cache while it is shifted, gathered from, exponentiated and
+# summed, so the [tokens, vocab] logits cross the memory bus about twice instead of once per
+# operation. A GPU takes the whole tensor at once (per-chunk kernel launches would dominate).
+CPU_CHUNK_BYTES = 1 << 20
+
+
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, vocab_parallel_logits, target, label_smoothing):
+    def forward(ctx, vocab_parallel_logits, target, label_smoothing, chunk_bytes):
         group = parallel_state.get_tensor_model_parallel_group()
         world_size = parallel_state.get_tensor_model_parallel_world_size()
         rank = parallel_state.get_tensor_model_parallel_rank()
-        logits = vocab_parallel_logits.float()
+        partition_vocab_size = vocab_parallel_logits.size(-1)
+        logits = vocab_parallel_logits.reshape(-1, partition_vocab_size)
+        flat_target = target.reshape(-1)
+        tokens = logits.size(0)
 
-        logits_max = torch.amax(logits, dim=-1)
-        if world_size > 1:
-            dist.all_reduce(logits_max, op=dist.ReduceOp.MAX, group=group)
-        logits = logits - logits_max.unsqueeze(-1)
-
-        partition_vocab_size = logits.size(-1)
         vocab_start, vocab_end = VocabUtility.vocab_range_from_per_partition_vocab_size(
             partition_vocab_size, rank, world_size)
-        outside = (target < vocab_start) | (target >= vocab_end)
-        local_target = (target - vocab_start).masked_fill(outside, 0)
-        predicted = torch.gather(logits, -1, local_target.unsqueeze(-1)).squeeze(-1)
-        predicted = predicted.masked_fill(outside, 0.0)
+        outside = (flat_target < vocab_start) | (flat_target >= vocab_end)
+        local_target = (flat_target - vocab_start).masked_fill(outside, 0)
 
-        sum_logits = logits.sum(dim=-1) if label_smoothing > 0.0 else None
-        # `logits` is this function's own shifted copy: exponentiate it in place.
-        exp_logits = logits.exp_()
-        sum_exp = exp_logits.sum(dim=-1)
+        if world_size > 1:  # every rank's rows are shifted by the max over the whole vocabulary
+            logits_max = torch.amax(logits, dim=-1).float()
+            dist.all_reduce(logits_max, op=dist.ReduceOp.MAX, group=group)
+        else:
+            logits_max = torch.empty(tokens, dtype=torch.float32, device=logits.device)
+        # exp(logit - max), fp32: kept for the backward, which turns it into the gradient.
+        exp_logits = torch.empty((tokens, partition_vocab_size), dtype=torch.float32,
+                                 device=logits.device)
+        predicted = torch.empty(tokens, dtype=torch.float32, device=logits.device)
+        sum_exp = torch.empty_like(predicted)
+        sum_logits = torch.empty_like(predicted) if label_smoothing > 0.0 else None
+        rows = tokens
+        if logits.device.type == "cpu":
+            rows = max(1, chunk_bytes // (4 * partition_vocab_size))
+        for first in range(0, tokens, rows):
+            chunk = slice(first, min(first + rows, tokens))
+            work = exp_logits[chunk]
+            if world_size == 1:
+                logits_max[chunk] = torch.amax(logits[chunk], dim=-1)
+            torch.sub(logits[chunk], logits_max[chunk].unsqueeze(-1), out=work)
+            predicted[chunk] = torch.gather(work, -1, local_target[chunk].unsqueeze(-1)).squeeze(-1)
+            if sum_logits is not None:
+                torch.sum(work, dim=-1, out=sum_logits[chunk])
+            work.exp_()
+            torch.sum(work, dim=-1, out=sum_exp[chunk])
+        predicted.masked_fill_(outside, 0.0)
         if world_size > 1:
             dist.all_reduce(predicted, group=group)
             dist.all_reduce(sum_exp, group=group)
         log_sum_exp = sum_exp.log()
         loss = log_sum_exp - predicted
-        softmax = exp_logits.div_(sum_exp.unsqueeze(-1))
 
         vocab_size = partition_vocab_size * world_size
         smoothing = 0.0
@@ -55,31 +78,37 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             loss = (1.0 - smoothing) * loss - smoothing * sum_log_probs / vocab_size
 
         ctx.smoothing, ctx.vocab_size = smoothing, vocab_size
-        ctx.input_dtype = vocab_parallel_logits.dtype
-        ctx.save_for_backward(softmax, outside, local_target)
-        return loss
+        ctx.input_dtype, ctx.input_shape = vocab_parallel_logits.dtype, vocab_parallel_logits.shape
+        ctx.save_for_backward(exp_logits, sum_exp, outside, local_target)
+        return loss.view(target.shape)
 
     @staticmethod
     def backward(ctx, grad_output):
-        softmax, outside, local_target = ctx.saved_tensors
-        # Turn the saved softmax into the gradient in place (as upstream), saving a copy of
-        # the [tokens, vocab] tensor; a second backward with retain_graph=True is not supported.
-        grad = softmax
-        on_target = (~outside).to(grad.dtype) * (1.0 - ctx.smoothing)
+        exp_logits, sum_exp, outside, local_target = ctx.saved_tensors
+        grad_output = grad_output.reshape(-1)
+        # d loss / d logit = (softmax - target distribution) * grad_output. The softmax's
+        # division by sum_exp is folded into the one pass over exp_logits, done in place (as
+        # upstream turns its saved softmax into the gradient): a second backward with
+        # retain_graph=True is not supported.
+        grad = exp_logits.mul_((grad_output / sum_exp).unsqueeze(-1))
+        on_target = (~outside).to(grad.dtype) * (1.0 - ctx.smoothing) * grad_output
         grad.scatter_add_(-1, local_target.unsqueeze(-1), -on_target.unsqueeze(-1))
         if ctx.smoothing > 0.0:
-            grad.sub_(ctx.smoothing / ctx.vocab_size)
-        grad.mul_(grad_output.unsqueeze(-1))
-        return grad.to(ctx.input_dtype), None, None
+            grad.sub_((grad_output * (ctx.smoothing / ctx.vocab_size)).unsqueeze(-1))
+        return grad.to(ctx.input_dtype).view(ctx.input_shape), None, None, None
 
 
 def vocab_parallel_cross_entropy(vocab_parallel_logits: torch.Tensor, target: torch.Tensor,
-                                 label_smoothing: float = 0.0) -> torch.Tensor:
-    """Per-token loss from [..., vocab / TP] logits and [...] global target ids.
+                                 label_smoothing: float = 0.0, *,
+                                 chunk_bytes: int = CPU_CHUNK_BYTES) -> torch.Tensor:
+    """Per-token fp32 loss from [..., vocab / TP] logits (any float dtype) and [...] global
+    target ids. The logits are not modified.
 
     `label_smoothing` in [0, 1) moves that much probability mass evenly onto the
-    non-target tokens of the full vocabulary.
+    non-target tokens of the full vocabulary. `chunk_bytes`: the fp32 working set per chunk
+    of rows on a CPU (tests make it small to cross chunk edges).
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    return _VocabParallelCrossEntropy.apply(vocab_parallel_logits, target, label_smoothing)
+    return _VocabParallelCrossEntropy.apply(vocab_parallel_logits, target, label_smoothing,
+                                            chunk_bytes)

@@ -1,5 +1,6 @@
 """vocab_parallel_cross_entropy at TP=1, 2, 4 versus log-softmax on the full logits:
-per-token loss and logits gradient, with and without label smoothing (fp32)."""
+per-token loss and logits gradient, with and without label smoothing, fp32 and bf16 logits,
+the rows in one chunk, one row per chunk and chunks of 4 rows (18 rows: a short last chunk)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,20 +22,30 @@ def _reference(logits, target, label_smoothing):
     return loss, logits
 
 
-def _check_cross_entropy(tp, label_smoothing):
+def _check_cross_entropy(tp, label_smoothing, rows_per_chunk, dtype):
     rank = setup(tp)
-    logits = randn(S, B, VOCAB, seed=31) * 3
+    logits = (randn(S, B, VOCAB, seed=31) * 3).to(dtype)
     target = torch.randint(0, VOCAB, (S, B), generator=torch.Generator().manual_seed(32))
     target[0] = torch.tensor([0, VOCAB - 1, VOCAB // 2])  # partition edges
     weights = randn(S, B, seed=33)
-    ref_loss, ref_logits = _reference(logits, target, label_smoothing)
+    ref_loss, ref_logits = _reference(logits.float(), target, label_smoothing)
     (ref_loss * weights).sum().backward()
 
     local = chunk(logits, 2, rank, tp).clone().requires_grad_()
-    loss = vocab_parallel_cross_entropy(local, target, label_smoothing=label_smoothing)
+    chunk_bytes = {} if rows_per_chunk is None else {
+        "chunk_bytes": rows_per_chunk * 4 * (VOCAB // tp)}
+    loss = vocab_parallel_cross_entropy(local, target, label_smoothing=label_smoothing,
+                                        **chunk_bytes)
+    assert loss.dtype == torch.float32
     assert_close(loss.detach(), ref_loss.detach(), "loss")
     (loss * weights).sum().backward()
-    assert_close(local.grad, chunk(ref_logits.grad, 2, rank, tp), "logits grad")
+    assert local.grad.dtype == dtype
+    # bf16: the reference gradient rounded to bf16 (8 bits of mantissa) is what can be expected.
+    expected_grad = chunk(ref_logits.grad, 2, rank, tp).to(dtype)
+    if dtype == torch.float32:
+        assert_close(local.grad, expected_grad, "logits grad")
+    else:
+        assert torch.allclose(local.grad.float(), expected_grad.float(), rtol=1e-2, atol=1e-3)
     # the input logits must not be modified in place
     assert_close(local.detach(), chunk(logits, 2, rank, tp), "logits untouched")
     return rank
@@ -42,8 +53,16 @@ def _check_cross_entropy(tp, label_smoothing):
 
 @pytest.mark.parametrize("tp", [1, 2, 4])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_vocab_parallel_cross_entropy(tp, label_smoothing):
-    assert run_on_ranks(_check_cross_entropy, tp, label_smoothing, world_size=tp) == list(range(tp))
+@pytest.mark.parametrize("rows_per_chunk", [None, 1, 4])
+def test_vocab_parallel_cross_entropy(tp, label_smoothing, rows_per_chunk):
+    assert run_on_ranks(_check_cross_entropy, tp, label_smoothing, rows_per_chunk, torch.float32,
+                        world_size=tp) == list(range(tp))
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_bf16_logits(tp):
+    assert run_on_ranks(_check_cross_entropy, tp, 0.1, 4, torch.bfloat16,
+                        world_size=tp) == list(range(tp))
 
 
 def test_plain_cross_entropy_matches_torch():
