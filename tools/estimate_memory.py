@@ -7,8 +7,9 @@ The flags go through pretrain_gpt.py's own parsing and validation (`parse_args`,
 `build_config`) for `--world-size` ranks, so a layout pretrain_gpt.py would refuse is refused
 here with the same message. Prints, per pipeline stage and rank: parameters, gradients,
 optimizer state, activations (micro batches in flight for the 1F1B schedule), the optimizer
-step's fp32 gradient partition, the runtime overhead and the peak; then whether the worst
-rank fits `--device-memory-gib`. The arithmetic is `megatron.training.memory_estimate`.
+step's buffers (flat gradient partition, fp64 norm copy), the runtime overhead, the peak and
+the phase it is in (forward/backward or the optimizer step); then whether the worst rank fits
+`--device-memory-gib`. The arithmetic is `megatron.training.memory_estimate`.
 Exit status: 0 fits (or no device memory given), 3 does not fit, 2 bad flags.
 """
 import argparse
@@ -28,7 +29,8 @@ def _tool_parser() -> argparse.ArgumentParser:
                         help="memory of one device; the answer says whether the worst rank fits")
     parser.add_argument("--accelerator", default="cuda", choices=("cuda", "cpu"),
                         help="what the flags are validated for and the memory model (cpu: "
-                             "resident set, only touched buffer pages count)")
+                             "resident set: only touched buffer pages count, and freed pages "
+                             "stay, so the optimizer step adds to backward's)")
     parser.add_argument("--padded-vocab-size", type=int, default=None,
                         help="vocabulary after padding, when the tokenizer flags do not tell it")
     parser.add_argument("--overhead-gib", type=float, default=None,
@@ -41,15 +43,15 @@ def format_table(estimate, *, title: str = "") -> str:
     """The estimate as a Markdown table, one row per pipeline stage (GiB per rank)."""
     lines = [title] if title else []
     lines.append("| stage | layers | params/rank | parameters | gradients | optimizer state | "
-                 "activations (micro batches) | step buffers | overhead | peak |")
-    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+                 "activations (micro batches) | step buffers | overhead | peak | peak in |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for stage in estimate.stages:
         lines.append(
             f"| {stage.stage} | {stage.num_layers} | {stage.num_parameters / 1e6:,.1f}M | "
             f"{stage.parameters / GIB:.2f} | {stage.gradients / GIB:.2f} | "
             f"{stage.optimizer_state / GIB:.2f} | {stage.activations / GIB:.2f} "
             f"({stage.micro_batches_in_flight}) | {stage.step_buffers / GIB:.2f} | "
-            f"{stage.overhead / GIB:.2f} | {stage.peak / GIB:.2f} |")
+            f"{stage.overhead / GIB:.2f} | {stage.peak / GIB:.2f} | {stage.peak_phase} |")
     return "\n".join(lines)
 
 
@@ -74,14 +76,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parallel, model = config.parallel, config.model
     recompute = ("full" if model.checkpoint_activations else model.recompute_granularity) or "none"
     print(f"{model.num_layers} layers, hidden {model.hidden_size}, seq {config.data.seq_length}, "
-          f"{config.precision.dtype}, ZeRO-{parallel.zero_stage}, TP{parallel.tensor_model_parallel_size}"
+          f"{config.precision.dtype}, ZeRO-{parallel.zero_stage}, "
+          f"TP{parallel.tensor_model_parallel_size}"
           f" x PP{parallel.pipeline_model_parallel_size} x DP{parallel.data_parallel_size}"
           f"{' (sequence parallel)' if parallel.sequence_parallel else ''}, micro batch "
           f"{config.batch.micro_batch_size}, {config.batch.gradient_accumulation_steps} micro "
           f"batches per step, recompute {recompute}")
     print(format_table(estimate))
     worst = estimate.worst
-    print(f"peak per rank: {worst.peak / GIB:.2f} GiB (stage {worst.stage})")
+    phase = "optimizer step" if worst.peak_phase == "step" else "forward/backward"
+    print(f"peak per rank: {worst.peak / GIB:.2f} GiB (stage {worst.stage}, {phase})")
     if tool_args.device_memory_gib is None:
         return 0
     device = tool_args.device_memory_gib * GIB

@@ -10,7 +10,13 @@ The arithmetic follows what this project's model and DeepSpeed 0.19 allocate:
 - Gradients: the model's gradients in the gradient-accumulation dtype (full size at ZeRO 0/1,
   1/DP at ZeRO 2/3), plus DeepSpeed's reduce bucket (`reduce_bucket_size` elements, twice with
   `overlap_comm`; on a CPU only the touched pages, at most one model's worth, are resident).
-  At the optimizer step ZeRO also builds an fp32 gradient partition (1/DP): `step_buffers`.
+  ZeRO 1/2 allocate the bucket at each backward and release it at its end.
+- Step buffers, what the optimizer step allocates (ZeRO 1/2, `DeepSpeedZeroOptimizer.step`):
+  the gradient norm upcasts each gradient slice of the partition to fp64 in turn (DeepSpeed's
+  `get_norm_dtype`), then each parameter group's gradients are flattened into one partition
+  (1/DP) in the accumulation dtype and, when that is not fp32, copied to fp32 (both alive).
+  torch's fused AdamW and the fp32->model copy work in place. The bf16 optimizer and ZeRO-0
+  step on the gradients they hold (their norms `.float()` fp32 tensors: no copy): none.
 - Optimizer state: Adam's two fp32 moments (SGD: one with momentum) and DeepSpeed's fp32
   master weights (ZeRO >= 1 clones them even in fp32; fp16/bf16 always have them), divided
   by DP with ZeRO >= 1 (and with DeepSpeed's bf16 optimizer).
@@ -22,16 +28,24 @@ The arithmetic follows what this project's model and DeepSpeed 0.19 allocate:
   mask (on a CPU torch's dropout keeps its mask in the activation dtype: m = e). Sequence
   parallel splits the replicated part too. DeepSpeed-Ulysses (`--ds-sequence-parallel-size`
   N) gives each rank s/N tokens everywhere but in the core attention, which sees all s
-  tokens for heads/N heads; ZeRO then partitions over DP x N ranks. Selective recompute drops the s² part, SDPA (--use-flash-attn) keeps only a log-sum-exp per row; full recompute keeps
+  tokens for heads/N heads; ZeRO then partitions over DP x N ranks. Selective recompute
+  drops the s² part, SDPA (--use-flash-attn) keeps only a log-sum-exp per row; full recompute keeps
   each chunk's input and rebuilds one chunk in backward. Pipeline stage k holds
   min(PP - k, micro batches) micro batches in flight (1F1B). The last stage adds the logits
-  and the loss's fp32 softmax (plus an fp32 copy of half-precision logits).
+  and the loss's fp32 exp(logits - max).
 
-The peak of a rank is parameters + gradients + optimizer state + overhead + the larger of
-activations and step buffers (activations are freed before the optimizer step). `overhead`
-is the runtime itself: on a CPU the measured resident set of a training process with a
-negligible model (Python, torch, DeepSpeed, gloo; RSS includes it), on a GPU an allowance
-for what `max_memory_allocated` does not see (CUDA context, NCCL buffers, fragmentation).
+The peak of a rank is the larger of two phases, each on top of `overhead`, parameters and
+optimizer state: forward/backward (gradients with the bucket, activations) and the optimizer
+step (gradients, step buffers; backward has freed the activations and the bucket). On a CPU
+the process keeps the pages it frees (`cpu_allocator.retain_freed_memory`: glibc never trims
+or unmaps them) and does not reliably place the step's large blocks on the pages backward
+freed (the bucket, allocated anew each backward, moves), so there the step's buffers, all of
+them, add to everything backward left resident (activations, bucket). The measured peaks of
+the 125M run were 0.99-1.08 x that (glibc's placement varies; tests/bench/RESULTS.md).
+`overhead` is the runtime itself: on a CPU the measured resident set of a training process
+with a negligible model (Python, torch, DeepSpeed, gloo; RSS includes it), on a GPU an
+allowance for what `max_memory_allocated` does not see (CUDA context, NCCL buffers,
+fragmentation).
 """
 from __future__ import annotations
 
@@ -64,17 +78,38 @@ class StageMemory:
     """Parameters of this rank (its tensor-parallel shard of the stage), before ZeRO-3."""
     parameters: int
     gradients: int
+    """Gradients, `reduce_bucket` included."""
+    reduce_bucket: int
+    """The part of `gradients` that ZeRO 1/2 allocate in backward and release before the step."""
     optimizer_state: int
     activations: int
     step_buffers: int
-    """fp32 gradient partition built at the optimizer step (never alive with activations)."""
+    """What the optimizer step allocates on top (flat gradient partition, fp64 norm copy)."""
     overhead: int
     micro_batches_in_flight: int
+    retains_freed_memory: bool = False
+    """CPU: freed pages stay resident (cpu_allocator), so the step adds to backward's pages."""
+
+    @property
+    def backward_peak(self) -> int:
+        return (self.overhead + self.parameters + self.optimizer_state + self.gradients
+                + self.activations)
+
+    @property
+    def step_peak(self) -> int:
+        if self.retains_freed_memory:  # backward's pages are still resident under the step's
+            return self.backward_peak + self.step_buffers
+        return (self.overhead + self.parameters + self.optimizer_state
+                + self.gradients - self.reduce_bucket + self.step_buffers)
 
     @property
     def peak(self) -> int:
-        return (self.parameters + self.gradients + self.optimizer_state + self.overhead
-                + max(self.activations, self.step_buffers))
+        return max(self.backward_peak, self.step_peak)
+
+    @property
+    def peak_phase(self) -> str:
+        """Where the peak is: "step" (optimizer step) or "backward" (forward/backward)."""
+        return "step" if self.step_peak > self.backward_peak else "backward"
 
 
 @dataclass(frozen=True)
@@ -243,7 +278,8 @@ def stage_activation_bytes(config: TrainingConfig, *, num_layers: int, vocab: in
     if kind == "none":
         per_micro_batch, rebuilt = num_layers * full_layer, 0
     elif kind == "selective":
-        per_micro_batch, rebuilt = num_layers * (parts["replicated"] + parts["split"]), parts["scores"]
+        per_micro_batch = num_layers * (parts["replicated"] + parts["split"])
+        rebuilt = parts["scores"]
     elif kind == "uniform":
         chunk = min(chunk, num_layers) or 1
         per_micro_batch, rebuilt = math.ceil(num_layers / chunk) * layer_input, chunk * full_layer
@@ -257,10 +293,10 @@ def stage_activation_bytes(config: TrainingConfig, *, num_layers: int, vocab: in
         total += in_flight * sbh * dropout_mask_size  # the embedding dropout's mask
     if last:
         logits = s * b * vocab // t
-        # final norm input and LM-head input; while the loss runs: the logits (model dtype),
-        # the loss's fp32 shifted copy that becomes the saved softmax, and for half logits
-        # their fp32 copy (the backward reuses the softmax in place: no larger).
-        total += 2 * sbh * e + logits * (e + 4) + (logits * 4 if e == 2 else 0)
+        # final norm input and LM-head input; while the loss runs: the logits (model dtype)
+        # and the loss's fp32 exp(logits - max), which it fills a chunk of rows at a time
+        # from logits of any dtype and saves (the backward turns it into the gradient in place).
+        total += 2 * sbh * e + logits * (e + 4)
     return total
 
 
@@ -277,9 +313,11 @@ def _grad_accum_bytes(config: TrainingConfig) -> int:
     return _BYTES.get(dtype, _BYTES[config.precision.dtype])
 
 
-def model_state_bytes(config: TrainingConfig, num_parameters: int, *, accelerator: str) -> dict:
-    """parameters, gradients, optimizer_state and step_buffers bytes of one rank holding
-    `num_parameters` (its TP/PP shard)."""
+def model_state_bytes(config: TrainingConfig, num_parameters: int, *, accelerator: str,
+                      largest_parameter: int = 0) -> dict:
+    """parameters, gradients (reduce_bucket: the part released before the step),
+    optimizer_state and step_buffers bytes of one rank holding `num_parameters` (its TP/PP
+    shard), whose largest parameter tensor has `largest_parameter` elements."""
     # ZeRO partitions over every rank holding the same weights: DP x Ulysses ranks.
     zero = config.parallel.zero_stage
     dp = config.parallel.data_parallel_size * config.parallel.ds_sequence_parallel_size
@@ -299,7 +337,7 @@ def model_state_bytes(config: TrainingConfig, num_parameters: int, *, accelerato
     else:  # fp16 / bf16 optimizer without ZeRO: full fp32 master copy
         optimizer_state = n * (4 + moments)
     parameters = (shard if zero == 3 else n) * e
-    step_buffers = 0
+    step_buffers = reduce_bucket = 0
     if zero == 0:
         gradients = n * g
         if dtype != "fp32":
@@ -308,14 +346,45 @@ def model_state_bytes(config: TrainingConfig, num_parameters: int, *, accelerato
         gradients = (n if zero == 1 else shard) * g
         contiguous = _ds_zero_value(config, "contiguous_gradients", True)
         overlap = _ds_zero_value(config, "overlap_comm", zero == 3)
+        bucket = 0
         if contiguous or overlap or zero >= 2:
             bucket = int(_ds_zero_value(config, "reduce_bucket_size", DEEPSPEED_REDUCE_BUCKET_SIZE))
             if accelerator == "cpu":  # untouched pages of torch.empty are not resident
                 bucket = min(bucket, n)
-            gradients += bucket * g * (2 if overlap else 1)
-        step_buffers = shard * 4
-    return {"parameters": parameters, "gradients": gradients, "optimizer_state": optimizer_state,
-            "step_buffers": step_buffers}
+            bucket *= g * (2 if overlap else 1)
+            gradients += bucket
+        if zero == 3:  # (its own step, not examined here: the fp32 gradient partition only)
+            step_buffers = shard * 4
+        elif not bf16_optimizer:  # DeepSpeedZeroOptimizer.step (the bf16 optimizer: none)
+            reduce_bucket = bucket  # released by the backward epilogue (_release_ipg_buffers)
+            # The norm's fp64 copy of one gradient slice at a time, then the flat partition of
+            # the largest group (at most the shard) in the accumulation dtype plus its fp32
+            # copy when that differs; the norm's copy is freed before the flattening.
+            fp64_norm_copy = 8 * min(largest_parameter, shard)
+            flat_partition = shard * (g + (4 if g != 4 else 0))
+            step_buffers = (fp64_norm_copy + flat_partition if accelerator == "cpu"
+                            else max(fp64_norm_copy, flat_partition))  # CPU: pages not reused
+    return {"parameters": parameters, "gradients": gradients, "reduce_bucket": reduce_bucket,
+            "optimizer_state": optimizer_state, "step_buffers": step_buffers}
+
+
+def largest_parameter(config: TrainingConfig, vocab: int, *, num_layers: int,
+                      holds_embedding: bool, holds_head: bool) -> int:
+    """Elements of the largest parameter tensor one rank of a stage holds (its TP shard)."""
+    model, t = config.model, config.parallel.tensor_model_parallel_size
+    h = model.hidden_size
+    query = model.num_attention_heads * model.kv_channels
+    kv = model.num_key_value_heads * model.kv_channels
+    fc1_out = 2 * model.ffn_hidden_size if model.activation == "swiglu" else model.ffn_hidden_size
+    sizes = [0]
+    if num_layers:
+        sizes += [h * (query + 2 * kv) // t, query // t * h, h * fc1_out // t,
+                  model.ffn_hidden_size // t * h]
+    if holds_embedding or holds_head:  # the head is the tied word embeddings or its own matrix
+        sizes.append(vocab // t * h)
+    if holds_embedding and model.position_embedding_type == "learned_absolute":
+        sizes.append(model.max_position_embeddings * h)
+    return max(sizes)
 
 
 # ---------------------------------------------------------------- the estimate
@@ -365,12 +434,17 @@ def estimate_memory(config: TrainingConfig, *, padded_vocab: Optional[int] = Non
     pipelined = config.parallel.pipeline_engine and len(layout) > 1
     for index, (num_layers, num_parameters, first, last) in enumerate(layout):
         in_flight = min(len(layout) - index, num_micro_batches) if pipelined else 1
-        states = model_state_bytes(config, num_parameters, accelerator=accelerator)
-        activations = stage_activation_bytes(config, num_layers=num_layers, vocab=vocab, first=first,
-                                             last=last, in_flight=in_flight,
+        largest = largest_parameter(config, vocab, num_layers=num_layers,
+                                    holds_embedding=first, holds_head=last)
+        states = model_state_bytes(config, num_parameters, accelerator=accelerator,
+                                   largest_parameter=largest)
+        activations = stage_activation_bytes(config, num_layers=num_layers, vocab=vocab,
+                                             first=first, last=last, in_flight=in_flight,
                                              fused_softmax=fused_softmax,
                                              dropout_mask_size=mask_size)
         stages.append(StageMemory(stage=index, num_layers=num_layers, num_parameters=num_parameters,
                                   activations=activations, overhead=overhead_bytes,
-                                  micro_batches_in_flight=in_flight, **states))
-    return MemoryEstimate(stages=tuple(stages), data_parallel_size=config.parallel.data_parallel_size)
+                                  micro_batches_in_flight=in_flight,
+                                  retains_freed_memory=accelerator == "cpu", **states))
+    return MemoryEstimate(stages=tuple(stages),
+                          data_parallel_size=config.parallel.data_parallel_size)

@@ -89,10 +89,13 @@ def main() -> int:
             worst = estimate(flags, overhead_bytes=baseline)
             print(f"| {args.shape} | {recompute} | measured | {measured['parameters'] / GIB:.3f} | "
                   f"{measured['gradients'] / GIB:.3f}* | {measured['optimizer_state'] / GIB:.3f} | "
-                  f"{measured['activations'] / GIB:.3f} | {measured['peak_rss'] / GIB:.3f} | |")
+                  f"{measured['activations'] / GIB:.3f} | {measured['peak_rss'] / GIB:.3f} "
+                  f"({measured['peak_rss_before_step'] / GIB:.3f} before the first step) | |")
             print(f"| | | estimated | {worst.parameters / GIB:.3f} | {worst.gradients / GIB:.3f} | "
                   f"{worst.optimizer_state / GIB:.3f} | {worst.activations / GIB:.3f} | "
-                  f"{worst.peak / GIB:.3f} | {worst.peak / measured['peak_rss']:.3f} |", flush=True)
+                  f"{worst.peak / GIB:.3f} (in the {worst.peak_phase}; step buffers "
+                  f"{worst.step_buffers / GIB:.3f}) | {worst.peak / measured['peak_rss']:.3f} |",
+                  flush=True)
         print("* measured gradients count DeepSpeed's reduce bucket at its allocated size "
               "(torch.empty: only touched pages are resident); the estimate counts the "
               "resident part on a CPU")

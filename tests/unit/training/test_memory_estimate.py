@@ -47,24 +47,38 @@ def test_pipeline_stages_hold_embedding_and_tied_head_copy():
 
 
 def test_model_states_fp32_zero1_on_cpu():
-    n = 134912
+    n, largest = 134912, 32768
     states = me.model_state_bytes(config("--no-pipeline-parallel", "--zero-stage", "1"), n,
-                                  accelerator="cpu")
+                                  accelerator="cpu", largest_parameter=largest)
     # params 4n; fp32 master + two Adam moments 12n (DP1); gradients 4n plus the reduce bucket's
-    # resident part (min(5e8, n) elements of 4 bytes); step: fp32 gradient partition 4n.
-    assert states == {"parameters": 4 * n, "gradients": 8 * n, "optimizer_state": 12 * n,
-                      "step_buffers": 4 * n}
+    # resident part (min(5e8, n) elements of 4 bytes), which backward releases; step: the fp32
+    # gradient partition 4n and the norm's fp64 copy of the largest gradient 8 x 32768, added
+    # up on a CPU (freed pages stay resident).
+    assert states == {"parameters": 4 * n, "gradients": 8 * n, "reduce_bucket": 4 * n,
+                      "optimizer_state": 12 * n, "step_buffers": 4 * n + 8 * largest}
 
 
 def test_model_states_bf16_zero1_dp4_on_gpu():
     n = 1000
     cfg = config("--no-pipeline-parallel", "--zero-stage", "1", "--bf16", world_size=4,
                  accelerator="cuda")
-    states = me.model_state_bytes(cfg, n, accelerator="cuda")
+    states = me.model_state_bytes(cfg, n, accelerator="cuda", largest_parameter=100)
     # bf16 params 2n; optimizer (master + moments) 12 bytes x n/4; bf16 gradients 2n plus the
-    # whole 5e8-element bf16 bucket; step: fp32 partition 4 x n/4.
-    assert states == {"parameters": 2000, "gradients": 2000 + 10 ** 9,
-                      "optimizer_state": 3000, "step_buffers": 1000}
+    # whole 5e8-element bf16 bucket; step: the bf16 flat partition 2 x n/4 and its fp32 copy
+    # 4 x n/4 (1500), more than the fp64 norm copy 8 x min(100, n/4) (800): the larger on a GPU.
+    assert states == {"parameters": 2000, "gradients": 2000 + 10 ** 9, "reduce_bucket": 10 ** 9,
+                      "optimizer_state": 3000, "step_buffers": 1500}
+
+
+def test_model_states_bf16_optimizer_has_no_step_buffers():
+    # bf16 with fp32 gradient accumulation at ZeRO-1 runs DeepSpeed's bf16 optimizer: its fp32
+    # gradients (4n, whole) are the flat partitions the step uses; the norm of fp32 copies nothing.
+    n = 1000
+    cfg = config("--no-pipeline-parallel", "--zero-stage", "1", "--bf16",
+                 "--accumulate-allreduce-grads-in-fp32", world_size=4, accelerator="cuda")
+    states = me.model_state_bytes(cfg, n, accelerator="cuda", largest_parameter=100)
+    assert states["step_buffers"] == 0 and states["reduce_bucket"] == 0
+    assert states["optimizer_state"] == 3000
 
 
 def test_model_states_zero3_and_zero0():
@@ -75,10 +89,25 @@ def test_model_states_zero3_and_zero0():
     # ZeRO-3: params 2 x n/4, gradients 2 x n/4 + bucket twice (overlap_comm defaults on at 3)
     assert states["parameters"] == 500 and states["optimizer_state"] == 3000
     assert states["gradients"] == 500 + 2 * 10 ** 9
+    assert states["step_buffers"] == 4 * 250 and states["reduce_bucket"] == 0
     cfg0 = config("--no-pipeline-parallel", "--zero-stage", "0", world_size=2)
     # ZeRO-0 fp32: torch AdamW's two moments on every rank, no master copy, plain gradients
     assert me.model_state_bytes(cfg0, n, accelerator="cpu") == {
-        "parameters": 4000, "gradients": 4000, "optimizer_state": 8000, "step_buffers": 0}
+        "parameters": 4000, "gradients": 4000, "reduce_bucket": 0, "optimizer_state": 8000,
+        "step_buffers": 0}
+
+
+def test_largest_parameter_by_hand():
+    cfg = config("--no-pipeline-parallel")
+    # word embeddings 512 x 64 = 32768 beat fc1/fc2 (64 x 256 = 16384), QKV 64 x 192, positions
+    # 32 x 64; a stage without embedding or head: the MLP's 16384; TP2 halves both.
+    assert me.largest_parameter(cfg, 512, num_layers=2, holds_embedding=True,
+                                holds_head=True) == 32768
+    assert me.largest_parameter(cfg, 512, num_layers=1, holds_embedding=False,
+                                holds_head=False) == 16384
+    tp2 = config("--tensor-model-parallel-size", "2", world_size=2)
+    assert me.largest_parameter(tp2, 512, num_layers=1, holds_embedding=False,
+                                holds_head=True) == 16384
 
 
 def test_layer_activations_fp32_by_hand():
@@ -152,13 +181,14 @@ def test_last_stage_adds_logits_and_loss():
     with_head = me.stage_activation_bytes(cfg, num_layers=0, vocab=512, first=False, last=True,
                                           in_flight=1, fused_softmax=False)
     # final-norm input + LM-head input (2 x sbh x 4) + fp32 logits s*b*V x 4 held while the
-    # loss keeps its fp32 softmax (4): 2*4096*4 + 32*2*512*8
+    # loss keeps its fp32 exp(logits - max) (4): 2*4096*4 + 32*2*512*8
     assert with_head == 2 * 4096 * 4 + 32 * 2 * 512 * 8
     bf16 = config("--no-pipeline-parallel", "--bf16")
-    # bf16: inputs 2 x sbh x 2; logits 2 bytes + their fp32 copy 4 + the fp32 softmax 4
+    # bf16: inputs 2 x sbh x 2; logits 2 bytes + the loss's fp32 exp 4 (it converts a chunk
+    # of rows at a time: no full fp32 copy of the logits)
     assert me.stage_activation_bytes(bf16, num_layers=0, vocab=512, first=False, last=True,
                                      in_flight=1, fused_softmax=False) == (
-        2 * 4096 * 2 + 32 * 2 * 512 * 10)
+        2 * 4096 * 2 + 32 * 2 * 512 * 6)
 
 
 def test_fits_and_overhead():
@@ -195,3 +225,50 @@ def test_ulysses_halves_layer_activations_and_shards_zero_over_its_ranks():
     n = 134912
     assert (me.model_state_bytes(two, n, accelerator="cpu")
             == me.model_state_bytes(dp2, n, accelerator="cpu"))
+
+
+# Activations of TINY with --checkpoint-activations, worked out as in the tests above
+# (sbh = 32 x 2 x 64 = 4096): two layer inputs 2 x 4 x 4096, one layer rebuilt in backward,
+# the embedding dropout's mask 4096 x mask bytes, final-norm and head inputs 2 x 4096 x 4,
+# logits + fp32 softmax 32 x 2 x 512 x 8.
+_REBUILT_LAYER_CPU = (24 + 48) * 4096 + 4 * 1024 * 2 * 12  # float dropout masks (4 bytes)
+_RECOMPUTE_ACTIVATIONS_CPU = (2 * 4 * 4096 + _REBUILT_LAYER_CPU + 4096 * 4 + 2 * 4096 * 4
+                              + 32 * 2 * 512 * 8)
+
+
+def test_full_recompute_on_cpu_peaks_in_the_step():
+    """On a CPU the pages backward freed stay resident: the step adds its flat fp32 gradient
+    partition and the norm's fp64 copy of the largest gradient to backward's resident set."""
+    cfg = config("--no-pipeline-parallel", "--zero-stage", "1", "--checkpoint-activations")
+    [stage] = me.estimate_memory(cfg, overhead_bytes=1000).stages
+    n = 134912  # the whole model (test_whole_model_parameters_match_the_built_model)
+    assert stage.activations == _RECOMPUTE_ACTIVATIONS_CPU == 737280
+    params, grads, bucket, state = 4 * n, 4 * n, 4 * n, 12 * n
+    step_buffers = 4 * n + 8 * 32768  # flat fp32 partition + fp64 copy of the word embeddings
+    assert stage.step_buffers == step_buffers
+    backward = 1000 + params + grads + bucket + state + _RECOMPUTE_ACTIVATIONS_CPU
+    assert stage.backward_peak == backward
+    assert stage.step_peak == backward + step_buffers
+    assert stage.peak == backward + step_buffers and stage.peak_phase == "step"
+
+
+def test_full_recompute_on_gpu_step_peak_is_states_plus_transients():
+    """Without retained pages the step holds parameters, gradients, optimizer state and the
+    larger of its transients; backward's activations and reduce bucket are gone. With a small
+    bucket and micro batch 1 that is more than forward/backward's peak."""
+    cfg = config("--no-pipeline-parallel", "--zero-stage", "1", "--checkpoint-activations",
+                 "--micro-batch-size", "1", "--zero-reduce-bucket-size", "1000",
+                 accelerator="cuda")
+    [stage] = me.estimate_memory(cfg, overhead_bytes=1000).stages
+    n = 134912
+    params, grads, bucket, state = 4 * n, 4 * n, 4 * 1000, 12 * n
+    # sbh = 32 x 1 x 64 = 2048; 1-byte dropout masks on a GPU: replicated 18 sbh, split 48 sbh,
+    # scores 4 x 32^2 x 1 x 9; logits 32 x 512 x 8.
+    rebuilt = (18 + 48) * 2048 + 4 * 1024 * 9
+    activations = 2 * 4 * 2048 + rebuilt + 2048 + 2 * 2048 * 4 + 32 * 512 * 8
+    assert stage.activations == activations == 337920
+    transients = max(4 * n, 8 * 32768)  # flat fp32 partition; the fp64 norm copy is freed first
+    assert stage.step_buffers == transients
+    assert stage.backward_peak == 1000 + params + grads + bucket + state + activations
+    assert stage.step_peak == 1000 + params + grads + state + transients
+    assert stage.peak == stage.step_peak and stage.peak_phase == "step"
