@@ -33,8 +33,11 @@ class OpTableProfiler:
 
         self.step += 1
         if self.step == self.profile_step:
+            # Python frames reach the events only with the profiler's verbose config.
+            verbose = torch._C._profiler._ExperimentalConfig(verbose=True)
             self.profiler = torch.profiler.profile(
-                activities=[torch.profiler.ProfilerActivity.CPU], with_stack=bool(self.stack_of))
+                activities=[torch.profiler.ProfilerActivity.CPU], with_stack=bool(self.stack_of),
+                experimental_config=verbose if self.stack_of else None)
             self.profiler.__enter__()
 
     def step_end(self) -> None:
