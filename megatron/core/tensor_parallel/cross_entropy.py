@@ -38,7 +38,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             dist.all_reduce(logits_max, op=dist.ReduceOp.MAX, group=group)
         else:
             logits_max = torch.empty(tokens, dtype=torch.float32, device=logits.device)
-        # exp(logit - max), fp32: kept for the backward, which turns it into the gradient.
+        # exp(logit - max), then the softmax, fp32: kept for the backward, which turns it into
+        # the gradient.
         exp_logits = torch.empty((tokens, partition_vocab_size), dtype=torch.float32,
                                  device=logits.device)
         predicted = torch.empty(tokens, dtype=torch.float32, device=logits.device)
@@ -58,10 +59,14 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                 torch.sum(work, dim=-1, out=sum_logits[chunk])
             work.exp_()
             torch.sum(work, dim=-1, out=sum_exp[chunk])
+            if world_size == 1:  # the normalizer is complete: divide while the chunk is in cache
+                work.div_(sum_exp[chunk].unsqueeze(-1))
         predicted.masked_fill_(outside, 0.0)
         if world_size > 1:
             dist.all_reduce(predicted, group=group)
             dist.all_reduce(sum_exp, group=group)
+            exp_logits.div_(sum_exp.unsqueeze(-1))
+        softmax = exp_logits
         log_sum_exp = sum_exp.log()
         loss = log_sum_exp - predicted
 
@@ -79,22 +84,22 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
         ctx.smoothing, ctx.vocab_size = smoothing, vocab_size
         ctx.input_dtype, ctx.input_shape = vocab_parallel_logits.dtype, vocab_parallel_logits.shape
-        ctx.save_for_backward(exp_logits, sum_exp, outside, local_target)
+        ctx.save_for_backward(softmax, outside, local_target)
         return loss.view(target.shape)
 
     @staticmethod
     def backward(ctx, grad_output):
-        exp_logits, sum_exp, outside, local_target = ctx.saved_tensors
-        grad_output = grad_output.reshape(-1)
-        # d loss / d logit = (softmax - target distribution) * grad_output. The softmax's
-        # division by sum_exp is folded into the one pass over exp_logits, done in place (as
-        # upstream turns its saved softmax into the gradient): a second backward with
+        softmax, outside, local_target = ctx.saved_tensors
+        # (softmax - target distribution) * grad_output, the same operations in the same order
+        # as before the loss was chunked (its gradients are bit-identical). The saved softmax
+        # becomes the gradient in place (as upstream): a second backward with
         # retain_graph=True is not supported.
-        grad = exp_logits.mul_((grad_output / sum_exp).unsqueeze(-1))
-        on_target = (~outside).to(grad.dtype) * (1.0 - ctx.smoothing) * grad_output
+        grad = softmax
+        on_target = (~outside).to(grad.dtype) * (1.0 - ctx.smoothing)
         grad.scatter_add_(-1, local_target.unsqueeze(-1), -on_target.unsqueeze(-1))
         if ctx.smoothing > 0.0:
-            grad.sub_((grad_output * (ctx.smoothing / ctx.vocab_size)).unsqueeze(-1))
+            grad.sub_(ctx.smoothing / ctx.vocab_size)
+        grad.mul_(grad_output.reshape(-1).unsqueeze(-1))
         return grad.to(ctx.input_dtype).view(ctx.input_shape), None, None, None
 
 
