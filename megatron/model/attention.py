@@ -111,7 +111,10 @@ class CoreAttention(torch.nn.Module):
         causal = self.attn_mask_type == AttnMaskType.causal
         sq, sk = q.shape[2], k.shape[2]
         mask = None if attention_mask is None else ~attention_mask  # SDPA: True = attend
-        if causal and (mask is not None or sq != sk):
+        if causal and mask is None and sq == 1:
+            # One new token against a cache: it is the last position and sees every key.
+            causal = False
+        elif causal and (mask is not None or sq != sk):
             # SDPA's is_causal aligns the triangle to the FIRST key when sq != sk (new tokens
             # against a key/value cache); the queries are the LAST sq positions.
             allowed = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)

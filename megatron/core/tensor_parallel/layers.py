@@ -15,6 +15,7 @@ from torch.nn.parameter import Parameter
 
 from megatron.core import parallel_state
 from megatron.core.model_parallel_config import ModelParallelConfig
+from megatron.core.tensor_parallel import few_rows_linear
 from megatron.core.tensor_parallel.initialization import init_partitioned_
 from megatron.core.tensor_parallel.mappings import (
     copy_to_tensor_model_parallel_region,
@@ -176,7 +177,7 @@ def linear_with_grad_accumulation_and_async_allreduce(
         return _LinearWithAsyncAllreduce.apply(input, weight, bias, group)
     else:
         input = copy_to_tensor_model_parallel_region(input, group)
-    return F.linear(input, weight, bias)
+    return few_rows_linear.linear(input, weight, bias)
 
 
 class ColumnParallelLinear(torch.nn.Module):
@@ -282,7 +283,7 @@ class RowParallelLinear(torch.nn.Module):
     def forward(self, input_: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         if not self.input_is_parallel:
             input_ = scatter_to_tensor_model_parallel_region(input_, self.tp_group)
-        partial = F.linear(input_, self.weight)
+        partial = few_rows_linear.linear(input_, self.weight)
         if self.sequence_parallel:
             output = reduce_scatter_to_sequence_parallel_region(partial, self.tp_group)
         else:

@@ -27,10 +27,10 @@ def _model(variant, sdpa):
     return GPTModel(make_config(variant, use_flash_attn=sdpa), parallel_output=False).eval()
 
 
-def cached_vs_full_logits(variant, sdpa, prefill):
+def cached_vs_full_logits(variant, sdpa, prefill, batch):
     model = _model(variant, sdpa)
-    tokens = torch.randint(0, 120, (3, SEQ), generator=torch.Generator().manual_seed(0))
-    positions = torch.arange(SEQ).expand(3, SEQ)
+    tokens = torch.randint(0, 120, (batch, SEQ), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(SEQ).expand(batch, SEQ)
     with torch.no_grad():
         full = model(tokens, positions, None)
         cache = KVCache(num_layers=2, max_length=SEQ)
@@ -44,8 +44,10 @@ def cached_vs_full_logits(variant, sdpa, prefill):
 @pytest.mark.parametrize("variant", ["default", "llama"])
 @pytest.mark.parametrize("sdpa", [False, True], ids=["classic", "sdpa"])
 @pytest.mark.parametrize("prefill", [1, 6])
-def test_cached_logits_equal_full_sequence(variant, sdpa, prefill):
-    full, cached, length = run_on_ranks(cached_vs_full_logits, variant, sdpa, prefill,
+@pytest.mark.parametrize("batch", [3, 8])
+def test_cached_logits_equal_full_sequence(variant, sdpa, prefill, batch):
+    # 8 rows per decode step: the swapped few-rows product in fp32 (few_rows_linear)
+    full, cached, length = run_on_ranks(cached_vs_full_logits, variant, sdpa, prefill, batch,
                                         world_size=1)[0]
     assert length == SEQ
     scale = full.abs().max()
