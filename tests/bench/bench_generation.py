@@ -11,6 +11,10 @@ the same process, one after the other. The weights are HF's random init copied i
 (GPT-2 layout: learned positions, tanh GeLU, LayerNorm, tied head); the first logits of both
 are compared as a check. With --long-context L, the per-token decode time of a prompt of L
 tokens is compared with that of --prompt tokens (the cache makes it grow little).
+
+Each batch's line also gives the matmul floor: one decode step's weight matmuls alone (every
+linear layer and the LM head on `batch` rows, nothing else), which bounds both programs: a
+decode step reads every weight once, and at batch 1 that stream of weights is the step.
 """
 from __future__ import annotations
 
@@ -126,6 +130,28 @@ def bench_pair(hf, ours, args, batch: int, prompt_length: int, new: int) -> Dict
                 "transformers": measure(run_hf, batch, new, args.repeats)}
 
 
+def matmul_floor_step(ours, batch: int, repeats: int) -> float:
+    """Seconds of one decode step's weight matmuls alone, through the model's own linear
+    path (best of `repeats` + 2)."""
+    from megatron.core.tensor_parallel import few_rows_linear
+
+    weights = [(module.weight, getattr(module, "bias", None))
+               for module in ours.modules()
+               if type(module).__name__ in ("ColumnParallelLinear", "RowParallelLinear")]
+    weights.append((ours.shared_embedding_or_output_weight(), None))
+    dtype = weights[0][0].dtype
+    inputs = {weight.shape[1]: torch.randn(batch, weight.shape[1]).to(dtype)
+              for weight, _ in weights}
+
+    def sweep():
+        for weight, bias in weights:
+            few_rows_linear.linear(inputs[weight.shape[1]], weight, bias)
+
+    with torch.no_grad():
+        sweep()
+        return _timed(sweep, repeats + 2)
+
+
 def logits_difference(hf, ours, args) -> float:
     tokens = torch.randint(0, args.vocab, (1, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -167,6 +193,11 @@ def main(argv: List[str] = None) -> None:
                   f"{m['decode_tok_s']:.1f} tok/s | transformers ttft {t['ttft_s']:.3f} s, "
                   f"decode {t['decode_tok_s']:.1f} tok/s | ratio "
                   f"{m['decode_tok_s'] / t['decode_tok_s']:.2f}x", flush=True)
+            floor = matmul_floor_step(ours, batch, args.repeats)
+            print(f"[{name}] batch {batch}: matmul floor {floor * 1e3:.1f} ms/step = "
+                  f"{batch / floor:.1f} tok/s; megatron step {m['step_s'] * 1e3:.1f} ms, "
+                  f"transformers {t['step_s'] * 1e3:.1f} ms: no program can beat transformers "
+                  f"by more than {t['step_s'] / floor:.2f}x", flush=True)
         if args.long_context:
             short = bench_pair(hf, ours, args, 1, args.prompt, 17)["megatron"]["step_s"]
             long = bench_pair(hf, ours, args, 1, args.long_context, 17)["megatron"]["step_s"]
