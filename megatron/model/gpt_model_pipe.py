@@ -140,8 +140,12 @@ class _CastInputs:
         return tuple(self(x) for x in inputs)
 
 
-def _to_fp32(logits: torch.Tensor) -> torch.Tensor:
-    return logits.float()
+def _logits_to_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Last spec of fp16/bf16 models, where upstream casts the logits to fp32. The loss reads
+    half-precision logits itself, in fp32 a chunk of rows at a time (losses and gradients
+    bit-identical to casting first), so the full fp32 copy is skipped; the spec stays so that
+    layer indices and pipeline partitions do not move."""
+    return logits
 
 
 def pipe_loss(output: torch.Tensor, labels: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -175,7 +179,7 @@ def build_specs(config: TransformerConfig, *, causal_mask_only: bool = False) ->
     else:
         specs.append(LayerSpec(LMHeadPipe, config))
     if config.params_dtype in (torch.float16, torch.bfloat16):
-        specs.append(_to_fp32)
+        specs.append(_logits_to_loss)
     return specs
 
 

@@ -160,7 +160,7 @@ def _spec_weights(model: TransformerConfig, vocab: int, t: int) -> List[Tuple[st
     specs.append(("EmbeddingPipe", embedding) if tied
                  else ("LMHeadPipe", vocab // t * model.hidden_size))
     if _BYTES_OF_DTYPE.get(str(model.params_dtype), 4) == 2:
-        specs.append(("_to_fp32", 0))
+        specs.append(("_logits_to_loss", 0))
     return specs
 
 
