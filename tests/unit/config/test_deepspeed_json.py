@@ -55,8 +55,19 @@ def test_flags_fill_what_the_json_leaves_out_bf16(tmp_path):
     assert config.ds_config == {
         "zero_optimization": {"reduce_bucket_size": 1000, "stage": 1}, "wall_clock_breakdown": True,
         "train_micro_batch_size_per_gpu": 1, "train_batch_size": 4, "gradient_accumulation_steps": 1,
-        "bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": "fp32"}, "gradient_clipping": 1.0,
-        "steps_per_print": 100}
+        "bf16": {"enabled": True, "check_grad_overflow": False},  # NonFiniteStepGuard checks
+        "data_types": {"grad_accum_dtype": "fp32"}, "gradient_clipping": 1.0, "steps_per_print": 100}
+
+
+@pytest.mark.parametrize("section", ["bf16", "bfloat16"])
+def test_a_json_s_bf16_overflow_check_is_kept(section, tmp_path):
+    flags = ["--bf16", "--micro-batch-size", "1"]
+    config = merged(flags, {section: {"enabled": True, "check_grad_overflow": True}}, tmp_path)
+    assert config.ds_config[section] == {"enabled": True, "check_grad_overflow": True}
+    config = merged(flags, {section: {"enabled": True}}, tmp_path)
+    assert config.ds_config[section] == {"enabled": True, "check_grad_overflow": False}
+    fp32 = merged(["--micro-batch-size", "1"], None, tmp_path).ds_config
+    assert "bf16" not in fp32 and "bfloat16" not in fp32
 
 
 def test_json_values_apply_where_flags_were_left_at_default(tmp_path):
@@ -82,7 +93,8 @@ def test_auto_values_are_filled(tmp_path):
                     {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
                      "gradient_clipping": "auto", "bf16": {"enabled": "auto"}}, tmp_path)
     assert config.ds_config["train_batch_size"] == 4 and config.ds_config["train_micro_batch_size_per_gpu"] == 2
-    assert config.ds_config["gradient_clipping"] == 1.0 and config.ds_config["bf16"] == {"enabled": True}
+    assert config.ds_config["gradient_clipping"] == 1.0
+    assert config.ds_config["bf16"] == {"enabled": True, "check_grad_overflow": False}
 
 
 def test_micro_batch_only_from_json_and_gas_from_json(tmp_path):
