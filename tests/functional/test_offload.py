@@ -116,7 +116,8 @@ def test_bf16_with_fp32_gradient_accumulation_trains(zero_dataset, zero_straight
     final = directory / f"global_step{2 * N}"
     model_states = torch.load(final / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
     assert model_states["ds_config"]["data_types"] == {"grad_accum_dtype": "fp32"}
-    assert model_states["ds_config"]["bf16"] == {"enabled": True}
+    # NonFiniteStepGuard checks the gradients; DeepSpeed's own overflow pass is off
+    assert model_states["ds_config"]["bf16"] == {"enabled": True, "check_grad_overflow": False}
     optimizer_files = sorted(final.glob("bf16_zero_pp_rank_*_optim_states.pt"))
     assert len(optimizer_files) == 2
     optimizer_state = torch.load(optimizer_files[0], map_location="cpu", weights_only=False)
