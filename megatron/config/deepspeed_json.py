@@ -176,11 +176,16 @@ def _batch(merger: _Merger, data_parallel_size: int) -> Tuple[int, int, int]:
     return micro, glob, steps
 
 
+def _bf16_section(merger: _Merger) -> str:
+    """The JSON's name for the bf16 section: DeepSpeed reads "bf16", or else "bfloat16"."""
+    return "bfloat16" if "bfloat16" in merger.config and "bf16" not in merger.config else "bf16"
+
+
 def _precision(merger: _Merger) -> str:
     args = merger.args
     if args.fp16 and args.bf16:
         raise ValueError("--fp16 and --bf16 are mutually exclusive")
-    bf16_key = "bfloat16" if "bfloat16" in merger.config and "bf16" not in merger.config else "bf16"
+    bf16_key = _bf16_section(merger)
     for key, flag, wanted in (("fp16", "--fp16", args.fp16), (bf16_key, "--bf16", args.bf16)):
         enabled = merger.get(f"{key}.enabled")
         if enabled is _ABSENT:
@@ -199,7 +204,7 @@ def _bf16_overflow_pass(merger: _Merger) -> None:
     engine's NonFiniteStepGuard already skips such steps on every rank together, so here the
     default is false: ~100 ms of a 4 s step at 125M bf16 on a CPU (tests/bench/RESULTS.md). A
     JSON that sets the key keeps its value."""
-    key = "bfloat16" if "bfloat16" in merger.config and "bf16" not in merger.config else "bf16"
+    key = _bf16_section(merger)
     if merger.get(f"{key}.check_grad_overflow") is _ABSENT:
         merger.set(f"{key}.check_grad_overflow", False)
 
