@@ -51,9 +51,12 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         for first in range(0, tokens, rows):
             chunk = slice(first, min(first + rows, tokens))
             work = exp_logits[chunk]
+            # fp16/bf16 rows are widened first (exactly): mixed-dtype max and subtraction are
+            # slower on a CPU than a copy and the fp32 ones
+            source = logits[chunk] if logits.dtype == torch.float32 else work.copy_(logits[chunk])
             if world_size == 1:
-                logits_max[chunk] = torch.amax(logits[chunk], dim=-1)
-            torch.sub(logits[chunk], logits_max[chunk].unsqueeze(-1), out=work)
+                logits_max[chunk] = torch.amax(source, dim=-1)
+            torch.sub(source, logits_max[chunk].unsqueeze(-1), out=work)
             predicted[chunk] = torch.gather(work, -1, local_target[chunk].unsqueeze(-1)).squeeze(-1)
             if sum_logits is not None:
                 torch.sum(work, dim=-1, out=sum_logits[chunk])
@@ -84,6 +87,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
         ctx.smoothing, ctx.vocab_size = smoothing, vocab_size
         ctx.input_dtype, ctx.input_shape = vocab_parallel_logits.dtype, vocab_parallel_logits.shape
+        ctx.rows = max(1, rows)
         ctx.save_for_backward(softmax, outside, local_target)
         return loss.view(target.shape)
 
@@ -97,10 +101,19 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         grad = softmax
         on_target = (~outside).to(grad.dtype) * (1.0 - ctx.smoothing)
         grad.scatter_add_(-1, local_target.unsqueeze(-1), -on_target.unsqueeze(-1))
-        if ctx.smoothing > 0.0:
-            grad.sub_(ctx.smoothing / ctx.vocab_size)
-        grad.mul_(grad_output.reshape(-1).unsqueeze(-1))
-        return grad.to(ctx.input_dtype).view(ctx.input_shape), None, None, None
+        scale = grad_output.reshape(-1).unsqueeze(-1)
+        # fp16/bf16 logits get their gradient in their own dtype, written chunk by chunk
+        # while the fp32 rows are in cache (no second pass over the fp32 gradient).
+        result = grad if ctx.input_dtype == grad.dtype else torch.empty_like(grad, dtype=ctx.input_dtype)
+        for first in range(0, grad.size(0), ctx.rows):
+            chunk = slice(first, first + ctx.rows)
+            work = grad[chunk]
+            if ctx.smoothing > 0.0:
+                work.sub_(ctx.smoothing / ctx.vocab_size)
+            work.mul_(scale[chunk])
+            if result is not grad:
+                result[chunk].copy_(work)
+        return result.view(ctx.input_shape), None, None, None
 
 
 def vocab_parallel_cross_entropy(vocab_parallel_logits: torch.Tensor, target: torch.Tensor,

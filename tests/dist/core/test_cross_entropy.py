@@ -72,3 +72,36 @@ def test_plain_cross_entropy_matches_torch():
     loss, _ = _reference(logits, target, 0.0)
     expected = F.cross_entropy(logits.view(-1, VOCAB), target.view(-1), reduction="none")
     assert torch.allclose(loss.detach().view(-1), expected, atol=1e-6)
+
+
+def _half_gradient_is_the_rounded_fp32_gradient(tp, dtype):
+    """fp16/bf16 logits: loss and gradient bit-identical to running the loss on the fp32 copy
+    of the logits and rounding its gradient to the logits' dtype (the backward writes the
+    half-precision gradient chunk by chunk instead), for every chunking."""
+    rank = setup(tp)
+    logits = chunk((randn(S, B, VOCAB, seed=41) * 3).to(dtype), 2, rank, tp)
+    target = torch.randint(0, VOCAB, (S, B), generator=torch.Generator().manual_seed(42))
+    weights = randn(S, B, seed=43)
+    for smoothing in (0.0, 0.1):
+        wide = logits.float().requires_grad_()
+        wide_loss = vocab_parallel_cross_entropy(wide, target, label_smoothing=smoothing)
+        (wide_loss * weights).sum().backward()
+        for rows_per_chunk in (None, 1, 4):
+            chunk_bytes = {} if rows_per_chunk is None else {
+                "chunk_bytes": rows_per_chunk * 4 * (VOCAB // tp)}
+            half = logits.clone().requires_grad_()
+            loss = vocab_parallel_cross_entropy(half, target, label_smoothing=smoothing,
+                                                **chunk_bytes)
+            (loss * weights).sum().backward()
+            assert torch.equal(loss, wide_loss), (smoothing, rows_per_chunk)
+            assert half.grad.dtype == dtype
+            assert torch.equal(half.grad, wide.grad.to(dtype)), (smoothing, rows_per_chunk)
+            assert half.grad.abs().max() > 0
+    return rank
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_logits_gradient_is_bit_identical_to_rounding_the_fp32_one(tp, dtype):
+    assert run_on_ranks(_half_gradient_is_the_rounded_fp32_gradient, tp, dtype,
+                        world_size=tp) == list(range(tp))
