@@ -42,6 +42,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     args = parser.parse_args()
 
+    flops_per_token = sbs.training_flops_per_token(layers=SHAPE["layers"], hidden=SHAPE["hidden"],
+                                                   heads=SHAPE["heads"], seq=SHAPE["seq"])
+    peak = sbs.MachinePeak(["fp32"], threads=2)  # every variant uses both cores
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_balance_") as tmp:
         data_flags = sbs.build_dataset(Path(tmp))
@@ -70,15 +73,20 @@ def main() -> int:
                 found, tokens_per_iteration=global_batch * SHAPE["seq"], skip=args.skip)
                 for name, found in runs.items()}
             rows.append((setting, global_batch, micro_batch, goal, figures))
+    peak.measure_again()
 
     names = list(VARIANTS)
-    print("\nTiny GPT (4L h256 s256), fp32 ZeRO-1; tokens/s (ratio to 1 rank x 2 threads)")
+    print(f"\nmachine matmul peak, 2 threads (before / after the runs): {peak.describe()}; MFU = "
+          f"tokens/s x {flops_per_token / 1e6:.1f} MFLOP per token / the higher peak")
+    print("Tiny GPT (4L h256 s256), fp32 ZeRO-1; tokens/s (ratio to 1 rank x 2 threads; MFU)")
     print("| setting | " + " | ".join(names) + " | goal for PP2 |")
     print("| --- " * (len(names) + 2) + "|")
     for setting, global_batch, micro_batch, goal, figures in rows:
         base = figures[names[0]]
-        cells = [sbs.fmt(base)] + [f"{sbs.fmt(figures[name])} ({sbs.ratio(figures[name], base)})"
-                                   for name in names[1:]]
+        cells = [f"{sbs.fmt(base)} ({sbs.mfu(base, flops_per_token, peak.best('fp32'))})"] + [
+            f"{sbs.fmt(figures[name])} ({sbs.ratio(figures[name], base)}; "
+            f"{sbs.mfu(figures[name], flops_per_token, peak.best('fp32'))})"
+            for name in names[1:]]
         print(f"| {setting}: gbs {global_batch}, mbs {micro_batch} | " + " | ".join(cells)
               + f" | >= {goal}x |")
     return 0

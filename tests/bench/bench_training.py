@@ -17,13 +17,15 @@ import os
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from tests import processes  # noqa: E402  (needs the repository on the path)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from side_by_side import matmul_peak_tflops  # noqa: E402
 
 SHAPES = {  # layers, hidden, heads, seq, global batch, micro batch
     "tiny": (4, 256, 8, 256, 16, 4),
@@ -36,23 +38,6 @@ LAYOUTS = {  # ranks, extra flags
     "dp2": (2, ["--no-pipeline-parallel"]),
 }
 VOCAB = 50303  # NullTokenizer adds EOD: 50304 entries, GPT-2's padded size
-
-
-def matmul_peak_tflops(dtype_name: str, threads: int, size: int = 2048, repeats: int = 10) -> float:
-    """Best-of-N square matmul rate on this machine (the MFU denominator)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best / 1e12
 
 
 def write_dataset(directory: Path, num_tokens: int) -> str:

@@ -65,6 +65,8 @@ def main() -> int:
     args = parser.parse_args()
 
     tokens = BATCH * SEQ
+    flops_per_token = sbs.training_flops_per_token(layers=LAYERS, hidden=HIDDEN, heads=HEADS, seq=SEQ)
+    peak = sbs.MachinePeak(args.precisions, threads=1)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_vs_plain_loop_") as tmp:
         data_flags = sbs.build_dataset(Path(tmp))
@@ -90,14 +92,20 @@ def main() -> int:
                                                            skip=args.skip)
                               for name in ("plain", "project"))
             rows.append((precision, plain, project))
+    peak.measure_again()
 
     print(f"\n125M (12L h768 s512, batch 2), 1 process x 1 thread, engine: {args.engine}, plain "
           f"loop {'with' if args.plain_retains_freed_memory else 'without'} the CPU malloc policy")
-    print("| precision | plain PyTorch loop tokens/s | pretrain_gpt.py tokens/s | ratio | goal |")
-    print("| --- | --- | --- | --- | --- |")
+    print(f"machine matmul peak, 1 thread (before / after the runs): {peak.describe()}; MFU = "
+          f"tokens/s x {flops_per_token / 1e6:.1f} MFLOP per token / the higher peak")
+    print("| precision | plain PyTorch loop tokens/s | pretrain_gpt.py tokens/s | ratio | goal "
+          "| MFU plain loop | MFU pretrain_gpt.py |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for precision, plain, project in rows:
         print(f"| {precision} | {sbs.fmt(plain, 1)} | {sbs.fmt(project, 1)} | "
-              f"{sbs.ratio(project, plain)} | >= 1.0x |")
+              f"{sbs.ratio(project, plain)} | >= 1.0x | "
+              f"{sbs.mfu(plain, flops_per_token, peak.best(precision))} | "
+              f"{sbs.mfu(project, flops_per_token, peak.best(precision))} |")
     return 0
 
 

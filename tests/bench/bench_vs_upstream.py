@@ -56,6 +56,9 @@ def main() -> int:
     if upstream is None:
         print("no upstream setup ($UPSTREAM or /tmp/upstream-mds): this project only")
     tokens = SHAPE["global_batch"] * SHAPE["seq"]
+    flops_per_token = sbs.training_flops_per_token(layers=SHAPE["layers"], hidden=SHAPE["hidden"],
+                                                   heads=SHAPE["heads"], seq=SHAPE["seq"])
+    peak = sbs.MachinePeak(["fp32"], threads=2)  # every layout uses both cores
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_vs_upstream_") as tmp:
         common = (sbs.model_flags(iters=args.iters, **SHAPE) + sbs.build_dataset(Path(tmp))
@@ -81,12 +84,18 @@ def main() -> int:
                                                           skip=args.skip)
                        for name, found in runs.items()}
             rows.append((layout, ranks, threads, figures["upstream"], figures["project"], target))
+    peak.measure_again()
 
-    print("\n| layout | ranks x threads | upstream tokens/s | this project tokens/s | ratio | target |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"\nmachine matmul peak, 2 threads (before / after the runs): {peak.describe()}; "
+          f"MFU = tokens/s x {flops_per_token / 1e6:.1f} MFLOP per token / the higher peak")
+    print("| layout | ranks x threads | upstream tokens/s | this project tokens/s | ratio | target "
+          "| MFU upstream | MFU this project |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for layout, ranks, threads, theirs, ours, target in rows:
         print(f"| {layout} | {ranks} x {threads} | {sbs.fmt(theirs)} | {sbs.fmt(ours)} | "
-              f"{sbs.ratio(ours, theirs)} | >= {target}x |")
+              f"{sbs.ratio(ours, theirs)} | >= {target}x | "
+              f"{sbs.mfu(theirs, flops_per_token, peak.best('fp32'))} | "
+              f"{sbs.mfu(ours, flops_per_token, peak.best('fp32'))} |")
     return 0
 
 

@@ -25,6 +25,7 @@ from tests import processes  # noqa: E402  (needs the repository on the path)
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 SYNTHETIC_VOCAB = 50256  # NullTokenizer adds EOD: 50257 entries, padded to GPT-2's 50304
+PADDED_VOCAB = 50304  # GPT-2 BPE and the synthetic data both pad to this at one TP rank
 # upstream's switches for its CUDA-only fusions (../shared/peer/README.md)
 UPSTREAM_CPU_FLAGS = ["--distributed-backend", "gloo", "--no-masked-softmax-fusion",
                       "--no-bias-gelu-fusion", "--no-bias-dropout-fusion",
@@ -162,6 +163,67 @@ def report_failures(runs: Sequence[RunResult]) -> None:
     for run in runs:
         if run.returncode != 0 or not run.iteration_ms:
             print(f"!! {run.name} exited {run.returncode}; last output:\n{run.tail}", flush=True)
+
+
+def matmul_peak_tflops(dtype_name: str, threads: int, size: int = 2048, repeats: int = 10) -> float:
+    """Best-of-N square matmul rate on this machine with `threads` threads (the MFU
+    denominator); measured in this process, so call it while no contender runs."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+        a = torch.randn(size, size, dtype=dtype)
+        b = torch.randn(size, size, dtype=dtype)
+        torch.matmul(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * size ** 3 / best / 1e12
+
+
+class MachinePeak:
+    """The matmul peak of the threads a benchmark's contenders use together, measured
+    before the first launch and after the last (the machine's state can drift in a run);
+    MFU is taken against the higher of the two."""
+
+    def __init__(self, dtype_names: Sequence[str], threads: int) -> None:
+        self.threads = threads
+        self.samples = {name: [matmul_peak_tflops(name, threads)] for name in dtype_names}
+
+    def measure_again(self) -> None:
+        for name, found in self.samples.items():
+            found.append(matmul_peak_tflops(name, self.threads))
+
+    def best(self, dtype_name: str) -> float:
+        return max(self.samples[dtype_name])
+
+    def describe(self) -> str:
+        return "; ".join(f"{name} {' / '.join(f'{value:.3f}' for value in found)} TFLOP/s"
+                         for name, found in self.samples.items())
+
+
+def training_flops_per_token(*, layers: int, hidden: int, heads: int, seq: int,
+                             vocab: int = PADDED_VOCAB) -> float:
+    """Model FLOPs per trained token (Megatron's formula, no recompute), the same number
+    for every contender of a comparison."""
+    from megatron.model.transformer_config import TransformerConfig
+    from megatron.training.flops import training_flops_per_iteration
+
+    config = TransformerConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                               max_position_embeddings=seq, padded_vocab_size=vocab)
+    return training_flops_per_iteration(config, global_batch_size=1, seq_length=seq) / seq
+
+
+def mfu(tokens_per_second: Optional[float], flops_per_token: float, peak_tflops: float) -> str:
+    if not tokens_per_second:
+        return "n/a"
+    return f"{100.0 * tokens_per_second * flops_per_token / (peak_tflops * 1e12):.1f}%"
 
 
 def ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
