@@ -7,9 +7,10 @@ The flags go through pretrain_gpt.py's own parsing and validation (`parse_args`,
 `build_config`) for `--world-size` ranks, so a layout pretrain_gpt.py would refuse is refused
 here with the same message. Prints, per pipeline stage and rank: parameters, gradients,
 optimizer state, activations (micro batches in flight for the 1F1B schedule), the optimizer
-step's buffers (flat gradient partition, fp64 norm copy), the runtime overhead, the peak and
-the phase it is in (forward/backward or the optimizer step); then whether the worst rank fits
-`--device-memory-gib`. The arithmetic is `megatron.training.memory_estimate`.
+step's buffers (flat gradient partition; on a GPU the norm's fp64 copy), the runtime
+overhead, the peak and the phase it is in (forward/backward or the optimizer step); then
+whether the worst rank fits `--device-memory-gib`. The arithmetic is
+`megatron.training.memory_estimate`.
 Exit status: 0 fits (or no device memory given), 3 does not fit, 2 bad flags.
 """
 import argparse

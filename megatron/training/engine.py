@@ -17,6 +17,7 @@ from megatron.core.utils import print_rank_0
 from megatron.training.model_stats import GradZeroCounter, params_l2_norm
 from megatron.training.nonfinite import NonFiniteStepGuard
 from megatron.training.timers import Timers
+from megatron.training import zero_grad_norm
 
 
 @dataclass
@@ -84,6 +85,7 @@ class TrainingEngine:
             mpu=None if pipeline else parallel_state.get_mpu(), dist_init_required=False)
         if pipeline:
             self.engine.set_batch_fn(self._pipe_batch)
+        zero_grad_norm.use_chunked_grad_norm(self.engine.optimizer)
         if self.engine.zero_cpu_offload():
             print_rank_0(f"> ZeRO-Offload: the optimizer state and step are on the CPU "
                          f"({type(optimizer).__name__})")

@@ -12,8 +12,9 @@ The arithmetic follows what this project's model and DeepSpeed 0.19 allocate:
   `overlap_comm`; on a CPU only the touched pages, at most one model's worth, are resident).
   ZeRO 1/2 allocate the bucket at each backward and release it at its end.
 - Step buffers, what the optimizer step allocates (ZeRO 1/2, `DeepSpeedZeroOptimizer.step`):
-  the gradient norm upcasts each gradient slice of the partition to fp64 in turn (DeepSpeed's
-  `get_norm_dtype`), then each parameter group's gradients are flattened into one partition
+  on a GPU the gradient norm upcasts each gradient slice of the partition to fp64 in turn
+  (DeepSpeed's `get_norm_dtype`; on a CPU `zero_grad_norm` takes it over cache-sized chunks
+  instead: no copy), then each parameter group's gradients are flattened into one partition
   (1/DP) in the accumulation dtype and, when that is not fp32, copied to fp32 (both alive).
   torch's fused AdamW and the fp32->model copy work in place. The bf16 optimizer and ZeRO-0
   step on the gradients they hold (their norms `.float()` fp32 tensors: no copy): none.
@@ -84,7 +85,8 @@ class StageMemory:
     optimizer_state: int
     activations: int
     step_buffers: int
-    """What the optimizer step allocates on top (flat gradient partition, fp64 norm copy)."""
+    """What the optimizer step allocates on top (flat gradient partition; on a GPU also the
+    norm's fp64 copy of one gradient)."""
     overhead: int
     micro_batches_in_flight: int
     retains_freed_memory: bool = False
@@ -357,13 +359,13 @@ def model_state_bytes(config: TrainingConfig, num_parameters: int, *, accelerato
             step_buffers = shard * 4
         elif not bf16_optimizer:  # DeepSpeedZeroOptimizer.step (the bf16 optimizer: none)
             reduce_bucket = bucket  # released by the backward epilogue (_release_ipg_buffers)
-            # The norm's fp64 copy of one gradient slice at a time, then the flat partition of
-            # the largest group (at most the shard) in the accumulation dtype plus its fp32
-            # copy when that differs; the norm's copy is freed before the flattening.
-            fp64_norm_copy = 8 * min(largest_parameter, shard)
+            # The flat partition of the largest group (at most the shard) in the accumulation
+            # dtype plus its fp32 copy when that differs; on a GPU before it the norm's fp64
+            # copy of one gradient slice at a time, freed before the flattening (a CPU's norm,
+            # megatron.training.zero_grad_norm, copies nothing).
             flat_partition = shard * (g + (4 if g != 4 else 0))
-            step_buffers = (fp64_norm_copy + flat_partition if accelerator == "cpu"
-                            else max(fp64_norm_copy, flat_partition))  # CPU: pages not reused
+            step_buffers = (flat_partition if accelerator == "cpu"
+                            else max(8 * min(largest_parameter, shard), flat_partition))
     return {"parameters": parameters, "gradients": gradients, "reduce_bucket": reduce_bucket,
             "optimizer_state": optimizer_state, "step_buffers": step_buffers}
 

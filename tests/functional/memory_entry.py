@@ -129,6 +129,8 @@ def main() -> int:
             "gradients": measured.get("gradients"), "activations": measured.get("activations"),
             "peak_rss_before_step": measured.get("peak_rss_before_step"),
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            # megatron.training.zero_grad_norm on the engine's ZeRO optimizer
+            "chunked_grad_norm": "get_grad_norm_direct" in vars(self.engine.optimizer),
         }
         # One write() below PIPE_BUF: the lines of several ranks sharing a pipe never mix.
         sys.stdout.flush()

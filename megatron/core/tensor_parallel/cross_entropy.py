@@ -104,7 +104,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         scale = grad_output.reshape(-1).unsqueeze(-1)
         # fp16/bf16 logits get their gradient in their own dtype, written chunk by chunk
         # while the fp32 rows are in cache (no second pass over the fp32 gradient).
-        result = grad if ctx.input_dtype == grad.dtype else torch.empty_like(grad, dtype=ctx.input_dtype)
+        result = (grad if ctx.input_dtype == grad.dtype
+                  else torch.empty_like(grad, dtype=ctx.input_dtype))
         for first in range(0, grad.size(0), ctx.rows):
             chunk = slice(first, first + ctx.rows)
             work = grad[chunk]

@@ -52,10 +52,9 @@ def test_model_states_fp32_zero1_on_cpu():
                                   accelerator="cpu", largest_parameter=largest)
     # params 4n; fp32 master + two Adam moments 12n (DP1); gradients 4n plus the reduce bucket's
     # resident part (min(5e8, n) elements of 4 bytes), which backward releases; step: the fp32
-    # gradient partition 4n and the norm's fp64 copy of the largest gradient 8 x 32768, added
-    # up on a CPU (freed pages stay resident).
+    # gradient partition 4n (a CPU's chunked norm makes no fp64 copy of the largest gradient).
     assert states == {"parameters": 4 * n, "gradients": 8 * n, "reduce_bucket": 4 * n,
-                      "optimizer_state": 12 * n, "step_buffers": 4 * n + 8 * largest}
+                      "optimizer_state": 12 * n, "step_buffers": 4 * n}
 
 
 def test_model_states_bf16_zero1_dp4_on_gpu():
@@ -238,13 +237,13 @@ _RECOMPUTE_ACTIVATIONS_CPU = (2 * 4 * 4096 + _REBUILT_LAYER_CPU + 4096 * 4 + 2 *
 
 def test_full_recompute_on_cpu_peaks_in_the_step():
     """On a CPU the pages backward freed stay resident: the step adds its flat fp32 gradient
-    partition and the norm's fp64 copy of the largest gradient to backward's resident set."""
+    partition to backward's resident set (its chunked norm copies nothing)."""
     cfg = config("--no-pipeline-parallel", "--zero-stage", "1", "--checkpoint-activations")
     [stage] = me.estimate_memory(cfg, overhead_bytes=1000).stages
     n = 134912  # the whole model (test_whole_model_parameters_match_the_built_model)
     assert stage.activations == _RECOMPUTE_ACTIVATIONS_CPU == 737280
     params, grads, bucket, state = 4 * n, 4 * n, 4 * n, 12 * n
-    step_buffers = 4 * n + 8 * 32768  # flat fp32 partition + fp64 copy of the word embeddings
+    step_buffers = 4 * n  # the flat fp32 partition
     assert stage.step_buffers == step_buffers
     backward = 1000 + params + grads + bucket + state + _RECOMPUTE_ACTIVATIONS_CPU
     assert stage.backward_peak == backward
