@@ -42,7 +42,9 @@ the process keeps the pages it frees (`cpu_allocator.retain_freed_memory`: glibc
 or unmaps them) and does not reliably place the step's large blocks on the pages backward
 freed (the bucket, allocated anew each backward, moves), so there the step's buffers, all of
 them, add to everything backward left resident (activations, bucket). The measured peaks of
-the 125M run were 0.99-1.08 x that (glibc's placement varies; tests/bench/RESULTS.md).
+the 125M run were 0.99-1.08 x that at first and 1.10 x (no recompute) and 1.20 x (full
+recompute) on a later machine: the step holds transients not modelled here
+(tests/bench/RESULTS.md; glibc's placement varies).
 `overhead` is the runtime itself: on a CPU the measured resident set of a training process
 with a negligible model (Python, torch, DeepSpeed, gloo; RSS includes it), on a GPU an
 allowance for what `max_memory_allocated` does not see (CUDA context, NCCL buffers,
