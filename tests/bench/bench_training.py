@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from tests import processes  # noqa: E402  (needs the repository on the path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from side_by_side import matmul_peak_tflops  # noqa: E402
+from side_by_side import matmul_peak_tflops, training_flops_per_token  # noqa: E402
 
 SHAPES = {  # layers, hidden, heads, seq, global batch, micro batch
     "tiny": (4, 256, 8, 256, 16, 4),
@@ -96,17 +96,13 @@ def main() -> int:
         print(completed.stdout[-3000:], completed.stderr[-3000:])
         return completed.returncode
 
-    from megatron.model.transformer_config import TransformerConfig
-    from megatron.training.flops import training_flops_per_iteration
-
     times = [float(ms) for ms in
              re.findall(r"elapsed time per iteration \(ms\): ([0-9.]+) ", completed.stdout)]
     steady = times[1:] or times
     ms = sum(steady) / len(steady)
     tokens_per_second = global_batch * seq / (ms / 1000.0)
-    model_config = TransformerConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-                                     max_position_embeddings=seq, padded_vocab_size=VOCAB + 1)
-    flops = training_flops_per_iteration(model_config, global_batch_size=global_batch, seq_length=seq)
+    flops = global_batch * seq * training_flops_per_token(layers=layers, hidden=hidden,
+                                                          heads=heads, seq=seq, vocab=VOCAB + 1)
     tflops = flops / (ms / 1000.0) / ranks / 1e12
     mfu = 100.0 * tflops / peak_per_rank
     print("| shape | layout | precision | threads/rank | ms/iter | tokens/s (total) | "
